@@ -1,0 +1,282 @@
+//! A read-only view over a simd-json tape, and the JSON writer every output goes through.
+//!
+//! Records are parsed once, in place, into a flat tape; the mapping engine reads that tape and
+//! the encoder copies strings straight from it. No owned tree is built on the hot path.
+
+use simd_json::{Node, StaticNode};
+
+/// One value on a parsed tape: the node and everything nested below it.
+#[derive(Clone, Copy, Debug)]
+pub struct Src<'t, 'i>(&'t [Node<'i>]);
+
+impl<'t, 'i> Src<'t, 'i> {
+    /// The whole document of a parsed tape.
+    pub fn root(tape: &'t simd_json::Tape<'i>) -> Self {
+        Src(&tape.0)
+    }
+
+    fn head(&self) -> Node<'i> {
+        self.0[0]
+    }
+
+    /// Number of tape nodes this value spans (1 for scalars).
+    fn span(&self) -> usize {
+        match self.head() {
+            Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+            _ => 1,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&'i str> {
+        match self.head() {
+            Node::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.head(), Node::Static(StaticNode::Null))
+    }
+
+    pub fn is_object(&self) -> bool {
+        matches!(self.head(), Node::Object { .. })
+    }
+
+    pub fn is_array(&self) -> bool {
+        matches!(self.head(), Node::Array { .. })
+    }
+
+    pub fn as_static(&self) -> Option<StaticNode> {
+        match self.head() {
+            Node::Static(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self.head() {
+            Node::Static(StaticNode::I64(v)) => Some(v),
+            Node::Static(StaticNode::U64(v)) => i64::try_from(v).ok(),
+            Node::Static(StaticNode::F64(v)) if v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                Some(v as i64)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.head() {
+            Node::Static(StaticNode::Bool(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// A short name of the JSON type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self.head() {
+            Node::String(_) => "string",
+            Node::Object { .. } => "object",
+            Node::Array { .. } => "array",
+            Node::Static(StaticNode::Null) => "null",
+            Node::Static(StaticNode::Bool(_)) => "boolean",
+            Node::Static(_) => "number",
+        }
+    }
+
+    /// Object members in document order; empty for non-objects.
+    pub fn members(&self) -> Members<'t, 'i> {
+        match self.head() {
+            Node::Object { len, .. } => Members {
+                rest: &self.0[1..],
+                left: len,
+            },
+            _ => Members { rest: &[], left: 0 },
+        }
+    }
+
+    /// Array elements in order; empty for non-arrays.
+    pub fn elements(&self) -> Elements<'t, 'i> {
+        match self.head() {
+            Node::Array { len, .. } => Elements {
+                rest: &self.0[1..],
+                left: len,
+            },
+            _ => Elements { rest: &[], left: 0 },
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self.head() {
+            Node::Object { len, .. } | Node::Array { len, .. } => len,
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Member of an object by key (first match, as JSON parsers do).
+    pub fn get(&self, key: &str) -> Option<Src<'t, 'i>> {
+        self.members().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// True for null, and for empty objects and arrays: values that carry nothing to keep.
+    pub fn is_void(&self) -> bool {
+        match self.head() {
+            Node::Static(StaticNode::Null) => true,
+            Node::Object { len, .. } | Node::Array { len, .. } => len == 0,
+            _ => false,
+        }
+    }
+}
+
+pub struct Members<'t, 'i> {
+    rest: &'t [Node<'i>],
+    left: usize,
+}
+
+impl<'t, 'i> Iterator for Members<'t, 'i> {
+    type Item = (&'i str, Src<'t, 'i>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let key = match self.rest[0] {
+            Node::String(s) => s,
+            // simd-json only ever writes string keys; an empty key keeps us safe regardless.
+            _ => "",
+        };
+        let value = Src(&self.rest[1..]);
+        let span = value.span();
+        let v = Src(&self.rest[1..1 + span]);
+        self.rest = &self.rest[1 + span..];
+        Some((key, v))
+    }
+}
+
+pub struct Elements<'t, 'i> {
+    rest: &'t [Node<'i>],
+    left: usize,
+}
+
+impl<'t, 'i> Iterator for Elements<'t, 'i> {
+    type Item = Src<'t, 'i>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let span = Src(self.rest).span();
+        let v = Src(&self.rest[..span]);
+        self.rest = &self.rest[span..];
+        Some(v)
+    }
+}
+
+/// Escaping table: 0 = copy, b'u' = \u00XX, anything else = two-byte escape.
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[0x08] = b'b';
+    t[0x0c] = b'f';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// Writes `s` as a JSON string literal.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc = ESCAPE[b as usize];
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if esc == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.push(b'\\');
+            out.push(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+pub fn write_i64(out: &mut Vec<u8>, v: i64) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(v).as_bytes());
+}
+
+/// Writes a scalar tape node. Non-finite floats cannot come from a JSON parser; they would
+/// be written as null, which callers drop before getting here.
+pub fn write_static(out: &mut Vec<u8>, s: StaticNode) {
+    match s {
+        StaticNode::I64(v) => write_i64(out, v),
+        StaticNode::U64(v) => {
+            let mut buf = itoa::Buffer::new();
+            out.extend_from_slice(buf.format(v).as_bytes());
+        }
+        StaticNode::F64(v) => {
+            if v.is_finite() {
+                let mut buf = ryu::Buffer::new();
+                out.extend_from_slice(buf.format_finite(v).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        StaticNode::Bool(true) => out.extend_from_slice(b"true"),
+        StaticNode::Bool(false) => out.extend_from_slice(b"false"),
+        StaticNode::Null => out.extend_from_slice(b"null"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> (Vec<u8>, String) {
+        (s.as_bytes().to_vec(), s.to_string())
+    }
+
+    #[test]
+    fn members_and_elements_walk_nested_values_in_order() {
+        let (mut buf, _) = parse(r#"{"a":{"x":[1,{"y":2}]},"b":"s","c":[true,null]}"#);
+        let tape = simd_json::to_tape(&mut buf).unwrap();
+        let root = Src::root(&tape);
+        let keys: Vec<&str> = root.members().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(root.get("b").unwrap().as_str(), Some("s"));
+        let x = root.get("a").unwrap().get("x").unwrap();
+        let els: Vec<_> = x.elements().collect();
+        assert_eq!(els.len(), 2);
+        assert_eq!(els[1].get("y").unwrap().as_i64(), Some(2));
+        assert!(root.get("c").unwrap().elements().nth(1).unwrap().is_null());
+    }
+
+    #[test]
+    fn strings_are_escaped_like_serde_json() {
+        for s in ["plain", "quote\"back\\slash", "ctl\u{1}\n\t\r\u{8}\u{c}", "ünï😀"] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! Compiling a mapping table into a plan: every path resolved against the OCSF schema of each
+//! class it can land in, every source path interned in one trie (so the engine can tell which
+//! source fields it used), regexes compiled, lookups indexed. A table that does not compile is
+//! a startup error naming the file, the line and what is wrong.
+
+use super::table::{self, Cond, Field, LookupRef, OneOrMany, Table};
+use crate::ocsf::schema::{ClassSchema, LeafKind};
+use crate::ocsf::{self, ClassInfo};
+use crate::record::SourceKind;
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct TableError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Strings of a plan live as long as the process: plans are compiled once at start.
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+/// A node of the source-path trie. Node 0 is the record root, node 1 the carrier root.
+#[derive(Debug, Default)]
+pub struct TrieNode {
+    pub children: Vec<(&'static str, u32)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Trie {
+    pub nodes: Vec<TrieNode>,
+}
+
+pub const RECORD_ROOT: u32 = 0;
+pub const CARRIER_ROOT: u32 = 1;
+
+impl Trie {
+    fn new() -> Trie {
+        Trie {
+            nodes: vec![TrieNode::default(), TrieNode::default()],
+        }
+    }
+
+    fn intern(&mut self, from: u32, segs: &[&'static str]) -> u32 {
+        let mut cur = from;
+        for seg in segs {
+            let next = self.nodes[cur as usize]
+                .children
+                .iter()
+                .find(|(k, _)| k == seg)
+                .map(|(_, id)| *id);
+            cur = match next {
+                Some(id) => id,
+                None => {
+                    let id = self.nodes.len() as u32;
+                    self.nodes.push(TrieNode::default());
+                    self.nodes[cur as usize].children.push((seg, id));
+                    id
+                }
+            };
+        }
+        cur
+    }
+
+    pub fn child(&self, node: u32, key: &str) -> Option<u32> {
+        self.nodes[node as usize]
+            .children
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, id)| *id)
+    }
+
+    pub fn is_leaf(&self, node: u32) -> bool {
+        self.nodes[node as usize].children.is_empty()
+    }
+}
+
+/// A source path: segments from a base (the record, the carrier, or an `each` element).
+#[derive(Debug, Clone)]
+pub struct SrcPath {
+    pub text: &'static str,
+    pub carrier: bool,
+    pub segs: Vec<&'static str>,
+    pub node: u32,
+}
+
+#[derive(Debug)]
+pub enum Test {
+    In(Vec<String>),
+    Prefix(Vec<String>),
+    Suffix(Vec<String>),
+    Contains(Vec<String>),
+    Matches(Regex),
+    Exists(bool),
+    Type(&'static str),
+}
+
+#[derive(Debug)]
+pub enum CondP {
+    Test {
+        path: SrcPath,
+        test: Test,
+        ignore_case: bool,
+    },
+    All(Vec<CondP>),
+    Any(Vec<CondP>),
+    Not(Box<CondP>),
+}
+
+#[derive(Debug, Clone)]
+pub enum ConstV {
+    Str(&'static str),
+    Int(i64),
+    Bool(bool),
+    StrList(Vec<&'static str>),
+}
+
+#[derive(Debug)]
+pub struct LookupP {
+    pub values: HashMap<String, ConstV>,
+    pub ignore_case: bool,
+    pub default: Option<ConstV>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    None,
+    /// RFC 3339 string (or epoch number) to integer epoch milliseconds.
+    EpochMs,
+    /// An RFC 3339 string as OCSF `datetime_t` (copied when it already conforms).
+    Datetime,
+    /// Accepts an IP address; anything else is rejected (see `otherwise`).
+    Ip,
+    /// "true"/"false"/"yes"/"no" (any case) or a JSON boolean.
+    Bool,
+    /// Any scalar as a string.
+    String,
+    Lower,
+    /// First element of an array (consumes the array only when it has at most one element).
+    First,
+    /// All but the first element of an array.
+    Rest,
+    /// true when the source is present (and not null).
+    Present,
+}
+
+impl Transform {
+    fn parse(s: &str) -> Option<Transform> {
+        Some(match s {
+            "epoch_ms" => Transform::EpochMs,
+            "datetime" => Transform::Datetime,
+            "ip" => Transform::Ip,
+            "bool" => Transform::Bool,
+            "string" => Transform::String,
+            "lower" => Transform::Lower,
+            "first" => Transform::First,
+            "rest" => Transform::Rest,
+            "present" => Transform::Present,
+            _ => return None,
+        })
+    }
+    const NAMES: &'static str = "epoch_ms, datetime, ip, bool, string, lower, first, rest, present";
+}
+
+#[derive(Debug)]
+pub enum Piece {
+    Lit(&'static str),
+    Path(SrcPath),
+}
+
+#[derive(Debug)]
+pub enum SourceP {
+    Paths(Vec<SrcPath>),
+    Const(ConstV),
+    Template(Vec<Piece>),
+    Join(Vec<SrcPath>, &'static str),
+    Each {
+        path: SrcPath,
+        fields: Vec<FieldP>,
+        /// An element field reads the element itself (`from = "."`): the array is consumed.
+        whole: bool,
+    },
+}
+
+#[derive(Debug)]
+pub struct FieldP {
+    pub line: usize,
+    pub to_text: &'static str,
+    pub to: Vec<&'static str>,
+    pub kind: LeafKind,
+    pub source: SourceP,
+    pub transform: Transform,
+    pub extract: Option<Regex>,
+    pub lookup: Option<Arc<LookupP>>,
+    pub default: Option<ConstV>,
+    pub otherwise: Option<(Vec<&'static str>, LeafKind)>,
+    pub when: Option<CondP>,
+}
+
+#[derive(Debug)]
+pub struct ClassP {
+    pub info: &'static ClassInfo,
+    pub schema: Arc<ClassSchema>,
+    pub when: Option<CondP>,
+    pub activities: Vec<(Option<CondP>, i64)>,
+    /// The class's own fields, then the table's common fields.
+    pub fields: Vec<FieldP>,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub source: SourceKind,
+    pub origin: String,
+    pub detect: CondP,
+    pub require: Vec<(CondP, String)>,
+    pub classes: Vec<ClassP>,
+    pub trie: Trie,
+    pub profiles: Vec<&'static str>,
+}
+
+struct Compiler<'a> {
+    file: &'a str,
+    text: &'a str,
+    trie: Trie,
+    lookups: HashMap<String, Arc<LookupP>>,
+    schemas: HashMap<&'static str, Arc<ClassSchema>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Splits `a.b."c.d".e` into segments; quotes allow dots inside a key.
+pub fn split_path(p: &str) -> Result<Vec<String>, String> {
+    let mut segs = Vec::new();
+    let mut cur = String::new();
+    let mut chars = p.chars().peekable();
+    let mut quoted_seg = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if cur.is_empty() && !quoted_seg => {
+                quoted_seg = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some(ch) => cur.push(ch),
+                        None => return Err(format!("unclosed quote in path `{p}`")),
+                    }
+                }
+            }
+            '.' => {
+                if cur.is_empty() && !quoted_seg {
+                    return Err(format!("empty segment in path `{p}`"));
+                }
+                segs.push(std::mem::take(&mut cur));
+                quoted_seg = false;
+            }
+            _ if quoted_seg => return Err(format!("text after a quoted segment in `{p}`")),
+            _ => cur.push(c),
+        }
+    }
+    if cur.is_empty() && !quoted_seg {
+        return Err(format!("empty segment in path `{p}`"));
+    }
+    segs.push(cur);
+    Ok(segs)
+}
+
+impl Compiler<'_> {
+    fn err(&self, line: usize, message: impl Into<String>) -> TableError {
+        TableError {
+            file: self.file.to_string(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    fn line<T>(&self, s: &toml::Spanned<T>) -> usize {
+        line_of(self.text, s.span().start)
+    }
+
+    fn src_path(&mut self, p: &str, base: u32, line: usize) -> Result<SrcPath, TableError> {
+        let (carrier, rest) = match p.strip_prefix("@carrier.") {
+            Some(r) => (true, r),
+            None => (false, p),
+        };
+        if rest == "." || rest.is_empty() {
+            return Ok(SrcPath {
+                text: leak(p),
+                carrier,
+                segs: Vec::new(),
+                node: base,
+            });
+        }
+        let segs: Vec<&'static str> = split_path(rest)
+            .map_err(|e| self.err(line, e))?
+            .iter()
+            .map(|s| leak(s))
+            .collect();
+        let root = if carrier { CARRIER_ROOT } else { base };
+        let node = self.trie.intern(root, &segs);
+        Ok(SrcPath {
+            text: leak(p),
+            carrier,
+            segs,
+            node,
+        })
+    }
+
+    fn cond(&mut self, c: &Cond, base: u32, line: usize) -> Result<CondP, TableError> {
+        let combos = [c.all.is_some(), c.any.is_some(), c.not.is_some()];
+        let tests = [
+            c.one_of.is_some(),
+            c.eq.is_some(),
+            c.prefix.is_some(),
+            c.suffix.is_some(),
+            c.contains.is_some(),
+            c.matches.is_some(),
+            c.exists.is_some(),
+            c.json_type.is_some(),
+        ];
+        let n_combo = combos.iter().filter(|x| **x).count();
+        let n_test = tests.iter().filter(|x| **x).count();
+        if n_combo + n_test != 1 {
+            return Err(self.err(
+                line,
+                "a condition needs exactly one of: in, eq, prefix, suffix, contains, matches, \
+                 exists, type, all, any, not",
+            ));
+        }
+        if let Some(list) = &c.all {
+            return Ok(CondP::All(
+                list.iter()
+                    .map(|x| self.cond(x, base, line))
+                    .collect::<Result<_, _>>()?,
+            ));
+        }
+        if let Some(list) = &c.any {
+            return Ok(CondP::Any(
+                list.iter()
+                    .map(|x| self.cond(x, base, line))
+                    .collect::<Result<_, _>>()?,
+            ));
+        }
+        if let Some(x) = &c.not {
+            return Ok(CondP::Not(Box::new(self.cond(x, base, line)?)));
+        }
+        let field = c
+            .field
+            .as_deref()
+            .ok_or_else(|| self.err(line, "a condition test needs `field`"))?;
+        let path = self.src_path(field, base, line)?;
+        let norm = |v: &Vec<String>| -> Vec<String> {
+            if c.ignore_case {
+                v.iter().map(|s| s.to_ascii_lowercase()).collect()
+            } else {
+                v.clone()
+            }
+        };
+        let test = if let Some(v) = &c.one_of {
+            Test::In(norm(v))
+        } else if let Some(v) = &c.eq {
+            Test::In(norm(&vec![v.clone()]))
+        } else if let Some(v) = &c.prefix {
+            Test::Prefix(norm(v))
+        } else if let Some(v) = &c.suffix {
+            Test::Suffix(norm(v))
+        } else if let Some(v) = &c.contains {
+            Test::Contains(norm(v))
+        } else if let Some(re) = &c.matches {
+            let re = if c.ignore_case {
+                format!("(?i){re}")
+            } else {
+                re.clone()
+            };
+            Test::Matches(Regex::new(&re).map_err(|e| self.err(line, format!("bad regex: {e}")))?)
+        } else if let Some(e) = c.exists {
+            Test::Exists(e)
+        } else {
+            let t = c.json_type.as_deref().unwrap_or_default();
+            match t {
+                "string" | "number" | "boolean" | "object" | "array" => Test::Type(leak(t)),
+                other => {
+                    return Err(self.err(
+                        line,
+                        format!("unknown type `{other}` (string, number, boolean, object, array)"),
+                    ))
+                }
+            }
+        };
+        Ok(CondP::Test {
+            path,
+            test,
+            ignore_case: c.ignore_case,
+        })
+    }
+
+    fn constant(&self, v: &toml::Value, line: usize) -> Result<ConstV, TableError> {
+        Ok(match v {
+            toml::Value::String(s) => ConstV::Str(leak(s)),
+            toml::Value::Integer(i) => ConstV::Int(*i),
+            toml::Value::Boolean(b) => ConstV::Bool(*b),
+            toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => {
+                ConstV::StrList(a.iter().filter_map(|x| x.as_str()).map(leak).collect())
+            }
+            other => {
+                return Err(self.err(
+                    line,
+                    format!(
+                        "constant {other} is not a string, integer, boolean or list of strings"
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn lookup(&self, l: &table::Lookup, line: usize) -> Result<LookupP, TableError> {
+        let mut values = HashMap::new();
+        for (k, v) in &l.values {
+            let key = if l.ignore_case {
+                k.to_ascii_lowercase()
+            } else {
+                k.clone()
+            };
+            values.insert(key, self.constant(v, line)?);
+        }
+        Ok(LookupP {
+            values,
+            ignore_case: l.ignore_case,
+            default: l.default.as_ref().map(|d| self.constant(d, line)).transpose()?,
+        })
+    }
+
+    fn resolve(
+        &self,
+        schema: &ClassSchema,
+        prefix: &[&'static str],
+        path: &str,
+        line: usize,
+    ) -> Result<(Vec<&'static str>, LeafKind), TableError> {
+        let segs: Vec<&'static str> = split_path(path)
+            .map_err(|e| self.err(line, e))?
+            .iter()
+            .map(|s| leak(s))
+            .collect();
+        let full: Vec<&str> = prefix.iter().chain(segs.iter()).copied().collect();
+        let kind = schema
+            .resolve(&full.join("."))
+            .map_err(|e| self.err(line, e))?;
+        Ok((segs, kind))
+    }
+
+    fn field(
+        &mut self,
+        f: &Field,
+        schema: &ClassSchema,
+        prefix: &[&'static str],
+        base: u32,
+    ) -> Result<FieldP, TableError> {
+        let line = self.line(&f.to);
+        let (to, kind) = self.resolve(schema, prefix, f.to.get_ref(), line)?;
+        let sources = [
+            f.from.is_some(),
+            f.value.is_some(),
+            f.template.is_some(),
+            f.join.is_some(),
+            f.each.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources != 1 {
+            return Err(self.err(
+                line,
+                format!(
+                    "`{}` needs exactly one of: from, value, template, join, each",
+                    f.to.get_ref()
+                ),
+            ));
+        }
+        if f.fields.is_some() != f.each.is_some() {
+            return Err(self.err(line, "`each` and `fields` go together"));
+        }
+        let source = if let Some(from) = &f.from {
+            let paths = match from {
+                OneOrMany::One(_) | OneOrMany::Many(_) => from.to_vec(),
+            };
+            if paths.is_empty() {
+                return Err(self.err(line, "`from` is empty"));
+            }
+            SourceP::Paths(
+                paths
+                    .iter()
+                    .map(|p| self.src_path(p, base, line))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else if let Some(v) = &f.value {
+            SourceP::Const(self.constant(v, line)?)
+        } else if let Some(t) = &f.template {
+            SourceP::Template(self.template(t, base, line)?)
+        } else if let Some(j) = &f.join {
+            let sep = leak(f.sep.as_deref().unwrap_or(""));
+            SourceP::Join(
+                j.iter()
+                    .map(|p| self.src_path(p, base, line))
+                    .collect::<Result<_, _>>()?,
+                sep,
+            )
+        } else {
+            let each = f.each.as_deref().unwrap_or_default();
+            let path = self.src_path(each, base, line)?;
+            if !matches!(kind, LeafKind::Array) {
+                return Err(self.err(
+                    line,
+                    format!("`each` needs an array attribute, `{}` is not one", f.to.get_ref()),
+                ));
+            }
+            let elem_prefix: Vec<&'static str> =
+                prefix.iter().chain(to.iter()).copied().collect();
+            let mut fields = Vec::new();
+            let mut whole = false;
+            for sub in f.fields.as_deref().unwrap_or_default() {
+                if let Some(OneOrMany::One(p)) = &sub.from {
+                    whole |= p == ".";
+                }
+                fields.push(self.field(sub, schema, &elem_prefix, path.node)?);
+            }
+            SourceP::Each {
+                path,
+                fields,
+                whole,
+            }
+        };
+        if let (LeafKind::Object { free_form: false }, SourceP::Paths(_)) = (&kind, &source) {
+            return Err(self.err(
+                line,
+                format!(
+                    "`{}` is an OCSF object: assign its attributes one by one",
+                    f.to.get_ref()
+                ),
+            ));
+        }
+        let transform = match &f.transform {
+            None => Transform::None,
+            Some(t) => Transform::parse(t).ok_or_else(|| {
+                self.err(
+                    line,
+                    format!("unknown transform `{t}` (known: {})", Transform::NAMES),
+                )
+            })?,
+        };
+        let extract = match &f.extract {
+            None => None,
+            Some(re) => {
+                let r = Regex::new(re).map_err(|e| self.err(line, format!("bad regex: {e}")))?;
+                if r.captures_len() != 2 {
+                    return Err(self.err(line, "`extract` needs exactly one capture group"));
+                }
+                Some(r)
+            }
+        };
+        let lookup = match &f.lookup {
+            None => None,
+            Some(LookupRef::Named(n)) => Some(
+                self.lookups
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| self.err(line, format!("no lookup table named `{n}`")))?,
+            ),
+            Some(LookupRef::Inline(l)) => Some(Arc::new(self.lookup(l, line)?)),
+        };
+        let otherwise = match &f.otherwise {
+            None => None,
+            Some(o) => Some(self.resolve(schema, prefix, o, line)?),
+        };
+        let when = f
+            .when
+            .as_ref()
+            .map(|c| self.cond(c, base, line))
+            .transpose()?;
+        Ok(FieldP {
+            line,
+            to_text: leak(f.to.get_ref()),
+            to,
+            kind,
+            source,
+            transform,
+            extract,
+            lookup,
+            default: f
+                .default
+                .as_ref()
+                .map(|d| self.constant(d, line))
+                .transpose()?,
+            otherwise,
+            when,
+        })
+    }
+
+    fn template(&mut self, t: &str, base: u32, line: usize) -> Result<Vec<Piece>, TableError> {
+        let mut pieces = Vec::new();
+        let mut rest = t;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Lit(leak(&rest[..open])));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| self.err(line, format!("unclosed `{{` in template `{t}`")))?;
+            let path = &rest[open + 1..open + close];
+            pieces.push(Piece::Path(self.src_path(path, base, line)?));
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Lit(leak(rest)));
+        }
+        Ok(pieces)
+    }
+
+    fn schema(&mut self, info: &'static ClassInfo) -> Result<Arc<ClassSchema>, TableError> {
+        if let Some(s) = self.schemas.get(info.name) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(
+            ClassSchema::compile(info.name, info.schema_json).map_err(|e| self.err(0, e.to_string()))?,
+        );
+        self.schemas.insert(info.name, s.clone());
+        Ok(s)
+    }
+}
+
+/// Compiles a table. `file` names it in errors; `text` is its content.
+pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableError> {
+    let table: Table = toml::from_str(text).map_err(|e| TableError {
+        file: file.to_string(),
+        line: e.span().map(|s| line_of(text, s.start)).unwrap_or(0),
+        message: e.message().to_string(),
+    })?;
+    let mut c = Compiler {
+        file,
+        text,
+        trie: Trie::new(),
+        lookups: HashMap::new(),
+        schemas: HashMap::new(),
+    };
+    if table.source.get_ref() != kind.as_str() {
+        return Err(c.err(
+            c.line(&table.source),
+            format!(
+                "table says source `{}` but is loaded as `{}`",
+                table.source.get_ref(),
+                kind.as_str()
+            ),
+        ));
+    }
+    if table.ocsf_version.get_ref() != ocsf::OCSF_VERSION {
+        return Err(c.err(
+            c.line(&table.ocsf_version),
+            format!(
+                "ocsf_version `{}` is not supported; this build emits {}",
+                table.ocsf_version.get_ref(),
+                ocsf::OCSF_VERSION
+            ),
+        ));
+    }
+    for p in &table.profiles {
+        if !["cloud", "datetime"].contains(&p.as_str()) {
+            return Err(c.err(
+                1,
+                format!(
+                    "profile `{p}` is not exported; add it to scripts/export-ocsf-schemas.py first"
+                ),
+            ));
+        }
+    }
+    for (name, l) in &table.lookups {
+        let lp = c.lookup(l, 1).map_err(|mut e| {
+            e.message = format!("lookup `{name}`: {}", e.message);
+            e
+        })?;
+        c.lookups.insert(name.clone(), Arc::new(lp));
+    }
+    let detect = c.cond(&table.detect, RECORD_ROOT, 1)?;
+    let require = table
+        .require
+        .iter()
+        .map(|r| Ok((c.cond(&r.when, RECORD_ROOT, 1)?, r.message.clone())))
+        .collect::<Result<Vec<_>, TableError>>()?;
+    let mut classes = Vec::new();
+    if table.classes.is_empty() {
+        return Err(c.err(1, "a table needs at least one [[class]]"));
+    }
+    for rule in &table.classes {
+        let line = c.line(&rule.name);
+        let info = ocsf::class_by_name(rule.name.get_ref()).ok_or_else(|| {
+            let names: Vec<&str> = ocsf::CLASSES.iter().map(|c| c.name).collect();
+            c.err(
+                line,
+                format!(
+                    "unknown OCSF class `{}` (known: {})",
+                    rule.name.get_ref(),
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let schema = c.schema(info)?;
+        let when = rule
+            .when
+            .as_ref()
+            .map(|w| c.cond(w, RECORD_ROOT, line))
+            .transpose()?;
+        let mut activities = Vec::new();
+        for a in &rule.activities {
+            let aline = c.line(&a.id);
+            let id = *a.id.get_ref();
+            if info.activity_caption(id).is_none() {
+                return Err(c.err(
+                    aline,
+                    format!("activity id {id} does not exist in class `{}`", info.name),
+                ));
+            }
+            let w = a
+                .when
+                .as_ref()
+                .map(|w| c.cond(w, RECORD_ROOT, aline))
+                .transpose()?;
+            activities.push((w, id));
+        }
+        if activities.last().is_none_or(|(w, _)| w.is_some()) {
+            return Err(c.err(
+                line,
+                format!(
+                    "class `{}` needs a last activity rule without `when` (the fallback, usually 99 Other)",
+                    info.name
+                ),
+            ));
+        }
+        let mut fields = Vec::new();
+        for f in rule.fields.iter().chain(table.fields.iter()) {
+            fields.push(c.field(f, &schema, &[], RECORD_ROOT).map_err(|mut e| {
+                e.message = format!("in class `{}`: {}", info.name, e.message);
+                e
+            })?);
+        }
+        classes.push(ClassP {
+            info,
+            schema,
+            when,
+            activities,
+            fields,
+        });
+    }
+    Ok(Plan {
+        source: kind,
+        origin: file.to_string(),
+        detect,
+        require,
+        classes,
+        trie: c.trie,
+        profiles: table.profiles.iter().map(|p| leak(p)).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_on_dots_outside_quotes() {
+        assert_eq!(split_path("a.b").unwrap(), ["a", "b"]);
+        assert_eq!(
+            split_path(r#"claims."http://x.y/z".v"#).unwrap(),
+            ["claims", "http://x.y/z", "v"]
+        );
+        assert!(split_path("a..b").is_err());
+        assert!(split_path(r#"a."b"#).is_err());
+    }
+}

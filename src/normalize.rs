@@ -1,0 +1,308 @@
+//! One unit of input (a line, a file, a Kafka message) in, OCSF events and dead letters out.
+//!
+//! Pure and synchronous: parse (simd-json, on a private copy so the original bytes stay intact
+//! for the dead-letter queue), unwrap the carrier, pick the table, map, validate, encode. Every
+//! record ends as exactly one call to `Emit::event` or `Emit::dead_letter`.
+
+use crate::dlq::DeadLetter;
+use crate::envelope::{self, Item};
+use crate::error::{ErrorCode, RecordError, Stage};
+use crate::event;
+use crate::json::Src;
+use crate::mapping::{Input, Mappings, Scratch};
+use crate::record::{Position, SourceKind};
+use std::sync::Arc;
+
+/// What a normalized event is, for sinks, metrics and logs (never its content).
+#[derive(Debug, Clone, Copy)]
+pub struct EventInfo<'a> {
+    pub source: SourceKind,
+    pub class_uid: i64,
+    pub position: &'a Position,
+}
+
+/// Receives the results of normalizing one unit, in input order.
+pub trait Emit {
+    fn event(&mut self, json: &[u8], info: EventInfo<'_>);
+    fn dead_letter(&mut self, dl: DeadLetter);
+    /// A unit that holds no records on purpose (a digest file, a control message).
+    fn skipped(&mut self, position: &Position, reason: &str);
+}
+
+/// Carriers nest (Pub/Sub inside a push envelope, JSON strings inside CloudWatch events); a
+/// bound keeps a hostile input from recursing forever.
+const MAX_DEPTH: usize = 4;
+
+pub struct Normalizer {
+    mappings: Arc<Mappings>,
+    forced: Option<SourceKind>,
+    scratch: Scratch,
+    work: Vec<u8>,
+    out: Vec<u8>,
+    buffers: simd_json::Buffers,
+}
+
+struct Parts<'a> {
+    mappings: &'a Mappings,
+    forced: Option<SourceKind>,
+    scratch: &'a mut Scratch,
+    out: &'a mut Vec<u8>,
+}
+
+impl Normalizer {
+    /// `forced`: map every record with this source's table (`--source`), else detect.
+    pub fn new(mappings: Arc<Mappings>, forced: Option<SourceKind>) -> Normalizer {
+        Normalizer {
+            mappings,
+            forced,
+            scratch: Scratch::default(),
+            work: Vec::with_capacity(4096),
+            out: Vec::with_capacity(4096),
+            buffers: simd_json::Buffers::new(4096),
+        }
+    }
+
+    pub fn normalize(&mut self, bytes: &[u8], pos: &Position, emit: &mut dyn Emit) {
+        let Normalizer {
+            mappings,
+            forced,
+            scratch,
+            work,
+            out,
+            buffers,
+        } = self;
+        let mut parts = Parts {
+            mappings,
+            forced: *forced,
+            scratch,
+            out,
+        };
+        work.clear();
+        work.extend_from_slice(bytes);
+        parts.unit(bytes, work, buffers, pos, None, None, 0, emit);
+    }
+}
+
+/// A short, content-free description of an unrecognised record: its top-level keys.
+fn describe(v: Src<'_, '_>) -> String {
+    if !v.is_object() {
+        return format!("a JSON {}", v.type_name());
+    }
+    let keys: Vec<&str> = v.members().map(|(k, _)| k).take(12).collect();
+    let more = if v.len() > 12 { ", ..." } else { "" };
+    format!("an object with keys [{}{more}]", keys.join(", "))
+}
+
+/// The exact JSON of a parsed value (nulls kept), for dead letters of one record in a batch.
+fn original_of(v: Src<'_, '_>) -> Vec<u8> {
+    let mut b = Vec::new();
+    write_exact(&mut b, v);
+    b
+}
+
+fn write_exact(out: &mut Vec<u8>, v: Src<'_, '_>) {
+    use crate::json;
+    if let Some(s) = v.as_str() {
+        json::write_str(out, s);
+    } else if let Some(st) = v.as_static() {
+        json::write_static(out, st);
+    } else if v.is_array() {
+        out.push(b'[');
+        for (n, x) in v.elements().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            write_exact(out, x);
+        }
+        out.push(b']');
+    } else {
+        out.push(b'{');
+        for (n, (k, x)) in v.members().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            json::write_str(out, k);
+            out.push(b':');
+            write_exact(out, x);
+        }
+        out.push(b'}');
+    }
+}
+
+impl Parts<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn unit<'t, 'i>(
+        &mut self,
+        original: &[u8],
+        work: &mut [u8],
+        buffers: &mut simd_json::Buffers,
+        pos: &Position,
+        outer_hint: Option<SourceKind>,
+        outer_carrier: Option<Src<'t, 'i>>,
+        depth: usize,
+        emit: &mut dyn Emit,
+    ) {
+        let tape = match simd_json::to_tape_with_buffers(work, buffers) {
+            Ok(t) => t,
+            Err(e) => {
+                let err = RecordError::new(
+                    ErrorCode::InvalidJson,
+                    Stage::Decode,
+                    format!("not valid JSON: {e}"),
+                );
+                emit.dead_letter(DeadLetter::new(err, pos.clone(), outer_hint, original));
+                return;
+            }
+        };
+        let root = Src::root(&tape);
+        let mut items = Vec::new();
+        envelope::unwrap(root, &mut items);
+        for item in items {
+            match item {
+                Item::Record {
+                    record,
+                    carrier,
+                    hint,
+                    index,
+                } => {
+                    let p = match index {
+                        Some(i) => pos.with_index(i),
+                        None => pos.clone(),
+                    };
+                    let whole = (index.is_none() && carrier.is_none()).then_some(original);
+                    self.record(
+                        record,
+                        carrier.or(outer_carrier),
+                        hint.or(outer_hint),
+                        &p,
+                        whole,
+                        emit,
+                    );
+                }
+                Item::Nested {
+                    bytes,
+                    carrier,
+                    hint,
+                    index,
+                } => {
+                    let p = match index {
+                        Some(i) => pos.with_index(i),
+                        None => pos.clone(),
+                    };
+                    if depth >= MAX_DEPTH {
+                        let err = RecordError::new(
+                            ErrorCode::BadPayload,
+                            Stage::Envelope,
+                            format!("carriers nested deeper than {MAX_DEPTH} levels"),
+                        );
+                        emit.dead_letter(DeadLetter::new(err, p, hint, &bytes));
+                        continue;
+                    }
+                    let mut work = bytes.clone();
+                    let mut buffers = simd_json::Buffers::new(bytes.len());
+                    self.unit(
+                        &bytes,
+                        &mut work,
+                        &mut buffers,
+                        &p,
+                        hint.or(outer_hint),
+                        carrier.or(outer_carrier),
+                        depth + 1,
+                        emit,
+                    );
+                }
+                Item::Skipped { reason } => emit.skipped(pos, reason),
+                Item::Failed { error, raw, index } => {
+                    let p = match index {
+                        Some(i) => pos.with_index(i),
+                        None => pos.clone(),
+                    };
+                    let bytes = match raw {
+                        Some(v) if index.is_some() => original_of(v),
+                        _ => original.to_vec(),
+                    };
+                    emit.dead_letter(DeadLetter::new(error, p, outer_hint, &bytes));
+                }
+            }
+        }
+    }
+
+    fn record<'t, 'i>(
+        &mut self,
+        record: Src<'t, 'i>,
+        carrier: Option<Src<'t, 'i>>,
+        hint: Option<SourceKind>,
+        pos: &Position,
+        whole: Option<&[u8]>,
+        emit: &mut dyn Emit,
+    ) {
+        let input = Input { record, carrier };
+        let wanted = self.forced.or(hint);
+        let plan = match wanted {
+            Some(kind) => match self.mappings.plan(kind) {
+                Some(p) if p.detects(input) => Ok(p),
+                Some(_) => Err(RecordError::new(
+                    ErrorCode::WrongShape,
+                    Stage::Envelope,
+                    format!(
+                        "expected a {} record, found {}",
+                        kind.as_str(),
+                        describe(record)
+                    ),
+                )),
+                None => Err(RecordError::new(
+                    ErrorCode::UnknownSource,
+                    Stage::Envelope,
+                    format!("no mapping table is loaded for source {}", kind.as_str()),
+                )),
+            },
+            None => self.mappings.detect(input).ok_or_else(|| {
+                RecordError::new(
+                    ErrorCode::UnknownSource,
+                    Stage::Envelope,
+                    format!(
+                        "no table recognises this record: {}; pass --source if you know what it is",
+                        describe(record)
+                    ),
+                )
+            }),
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => return emit_dead(emit, e, pos, wanted, record, whole),
+        };
+        match plan.map(input, self.scratch) {
+            Ok(ev) => {
+                self.out.clear();
+                ev.encode(self.out);
+                let class_uid = ev.get("class_uid").and_then(event::Out::as_i64).unwrap_or(0);
+                emit.event(
+                    self.out,
+                    EventInfo {
+                        source: plan.source,
+                        class_uid,
+                        position: pos,
+                    },
+                );
+            }
+            Err(e) => emit_dead(emit, e, pos, Some(plan.source), record, whole),
+        }
+    }
+}
+
+/// `whole`: the unit's own bytes when the record is the whole unit (kept byte for byte);
+/// otherwise the record is re-encoded from the parsed carrier.
+fn emit_dead(
+    emit: &mut dyn Emit,
+    e: RecordError,
+    pos: &Position,
+    source: Option<SourceKind>,
+    record: Src<'_, '_>,
+    whole: Option<&[u8]>,
+) {
+    let bytes = match whole {
+        Some(b) => b.to_vec(),
+        None => original_of(record),
+    };
+    emit.dead_letter(DeadLetter::new(e, pos.clone(), source, &bytes));
+}

@@ -1,0 +1,3 @@
+//! Where events and dead letters go.
+
+pub mod file;
