@@ -36,7 +36,7 @@ pub struct DeadLetter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_base64: Option<String>,
     /// True when secrets were removed from `original` (see the redaction rules).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redacted: bool,
     pub auditnorm_version: &'static str,
 }

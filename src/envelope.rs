@@ -9,12 +9,42 @@ use crate::error::{ErrorCode, RecordError, Stage};
 use crate::json::Src;
 use crate::record::SourceKind;
 
+/// An envelope around a record: the document, and the path inside it that holds the payload
+/// (left out of `unmapped`, since the payload is the record itself).
+#[derive(Clone, Copy, Debug)]
+pub struct Wrap<'t, 'i> {
+    pub doc: Src<'t, 'i>,
+    pub payload: &'static [&'static str],
+}
+
+/// The envelopes of one record: the outer document (`@carrier.` paths) and, for carriers
+/// that list many records with per-record metadata, the list element (`@element.` paths).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Carriers<'t, 'i> {
+    pub carrier: Option<Wrap<'t, 'i>>,
+    pub element: Option<Wrap<'t, 'i>>,
+}
+
+impl<'t, 'i> Carriers<'t, 'i> {
+    pub fn is_empty(&self) -> bool {
+        self.carrier.is_none() && self.element.is_none()
+    }
+
+    /// Inner envelopes win; an outer one fills what the inner lacks.
+    pub fn or(self, outer: Carriers<'t, 'i>) -> Carriers<'t, 'i> {
+        Carriers {
+            carrier: self.carrier.or(outer.carrier),
+            element: self.element.or(outer.element),
+        }
+    }
+}
+
 /// What a document turned out to hold.
 pub enum Item<'t, 'i> {
-    /// A record to map, with the envelope it came in (if any) and its index in the carrier.
+    /// A record to map, with the envelopes it came in and its index in the carrier.
     Record {
         record: Src<'t, 'i>,
-        carrier: Option<Src<'t, 'i>>,
+        carriers: Carriers<'t, 'i>,
         hint: Option<SourceKind>,
         index: Option<u32>,
     },
@@ -22,7 +52,7 @@ pub enum Item<'t, 'i> {
     /// base64 or gzip body). Its records are positioned under `index`.
     Nested {
         bytes: Vec<u8>,
-        carrier: Option<Src<'t, 'i>>,
+        carriers: Carriers<'t, 'i>,
         hint: Option<SourceKind>,
         index: Option<u32>,
     },
@@ -47,7 +77,7 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
         for (i, el) in doc.elements().enumerate() {
             out.push(Item::Record {
                 record: el,
-                carrier: None,
+                carriers: Carriers::default(),
                 hint: None,
                 index: Some(i as u32),
             });
@@ -59,7 +89,7 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
             error: RecordError::new(
                 ErrorCode::UnknownSource,
                 Stage::Envelope,
-                format!("a {} is not an audit record or carrier", doc.type_name()),
+                format!("{} is not an audit record or carrier", doc.type_phrase()),
             ),
             raw: Some(doc),
             index: None,
@@ -68,7 +98,7 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
     }
     // CloudTrail S3 delivery file.
     if let Some(records) = doc.get("Records") {
-        return list(records, "Records", None, Some(SourceKind::CloudTrail), out);
+        return list(records, "Records", Some(SourceKind::CloudTrail), out);
     }
     // CloudTrail digest files sit in the same bucket tree; they list log files, not events.
     if doc.get("digestStartTime").is_some() && doc.get("logFiles").is_some() {
@@ -85,7 +115,13 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
             .map(|_| SourceKind::CloudTrail);
         out.push(Item::Record {
             record: detail,
-            carrier: Some(doc),
+            carriers: Carriers {
+                carrier: Some(Wrap {
+                    doc,
+                    payload: &["detail"],
+                }),
+                element: None,
+            },
             hint,
             index: None,
         });
@@ -93,25 +129,20 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
     }
     out.push(Item::Record {
         record: doc,
-        carrier: None,
+        carriers: Carriers::default(),
         hint: None,
         index: None,
     });
 }
 
-/// A carrier's list member: every element is a record.
-fn list<'t, 'i>(
-    v: Src<'t, 'i>,
-    name: &str,
-    carrier: Option<Src<'t, 'i>>,
-    hint: Option<SourceKind>,
-    out: &mut Vec<Item<'t, 'i>>,
-) {
+/// A carrier's list member: every element is a record. The list's siblings (page tokens and
+/// the like) describe the batch, not a record, and are not copied into each event.
+fn list<'t, 'i>(v: Src<'t, 'i>, name: &str, hint: Option<SourceKind>, out: &mut Vec<Item<'t, 'i>>) {
     if !v.is_array() {
         out.push(Item::Failed {
             error: wrong_shape(format!(
-                "`{name}` must be an array of records, found a {}",
-                v.type_name()
+                "`{name}` must be an array of records, found {}",
+                v.type_phrase()
             )),
             raw: None,
             index: None,
@@ -121,7 +152,7 @@ fn list<'t, 'i>(
     for (i, el) in v.elements().enumerate() {
         out.push(Item::Record {
             record: el,
-            carrier,
+            carriers: Carriers::default(),
             hint,
             index: Some(i as u32),
         });

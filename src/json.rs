@@ -83,6 +83,18 @@ impl<'t, 'i> Src<'t, 'i> {
         }
     }
 
+    /// The type name with its article, for messages: "an object", "a string".
+    pub fn type_phrase(&self) -> &'static str {
+        match self.type_name() {
+            "string" => "a string",
+            "object" => "an object",
+            "array" => "an array",
+            "null" => "null",
+            "boolean" => "a boolean",
+            _ => "a number",
+        }
+    }
+
     /// Object members in document order; empty for non-objects.
     pub fn members(&self) -> Members<'t, 'i> {
         match self.head() {
@@ -273,10 +285,18 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_like_serde_json() {
-        for s in ["plain", "quote\"back\\slash", "ctl\u{1}\n\t\r\u{8}\u{c}", "ünï😀"] {
+        for s in [
+            "plain",
+            "quote\"back\\slash",
+            "ctl\u{1}\n\t\r\u{8}\u{c}",
+            "ünï😀",
+        ] {
             let mut out = Vec::new();
             write_str(&mut out, s);
-            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
         }
     }
 }

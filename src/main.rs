@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "auditnorm", version, about = "Cloud audit logs to OCSF 1.8.0 events")]
+#[command(
+    name = "auditnorm",
+    version,
+    about = "Cloud audit logs to OCSF 1.8.0 events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -5,7 +5,7 @@
 //! record ends as exactly one call to `Emit::event` or `Emit::dead_letter`.
 
 use crate::dlq::DeadLetter;
-use crate::envelope::{self, Item};
+use crate::envelope::{self, Carriers, Item};
 use crate::error::{ErrorCode, RecordError, Stage};
 use crate::event;
 use crate::json::Src;
@@ -19,6 +19,8 @@ pub struct EventInfo<'a> {
     pub source: SourceKind,
     pub class_uid: i64,
     pub position: &'a Position,
+    /// The source record the event was made from (for tests and diagnostics, not for output).
+    pub record: Src<'a, 'a>,
 }
 
 /// Receives the results of normalizing one unit, in input order.
@@ -79,14 +81,23 @@ impl Normalizer {
         };
         work.clear();
         work.extend_from_slice(bytes);
-        parts.unit(bytes, work, buffers, pos, None, None, 0, emit);
+        parts.unit(
+            bytes,
+            work,
+            buffers,
+            pos,
+            None,
+            Carriers::default(),
+            0,
+            emit,
+        );
     }
 }
 
 /// A short, content-free description of an unrecognised record: its top-level keys.
 fn describe(v: Src<'_, '_>) -> String {
     if !v.is_object() {
-        return format!("a JSON {}", v.type_name());
+        return v.type_phrase().to_string();
     }
     let keys: Vec<&str> = v.members().map(|(k, _)| k).take(12).collect();
     let more = if v.len() > 12 { ", ..." } else { "" };
@@ -94,7 +105,7 @@ fn describe(v: Src<'_, '_>) -> String {
 }
 
 /// The exact JSON of a parsed value (nulls kept), for dead letters of one record in a batch.
-fn original_of(v: Src<'_, '_>) -> Vec<u8> {
+pub fn original_of(v: Src<'_, '_>) -> Vec<u8> {
     let mut b = Vec::new();
     write_exact(&mut b, v);
     b
@@ -138,7 +149,7 @@ impl Parts<'_> {
         buffers: &mut simd_json::Buffers,
         pos: &Position,
         outer_hint: Option<SourceKind>,
-        outer_carrier: Option<Src<'t, 'i>>,
+        outer: Carriers<'t, 'i>,
         depth: usize,
         emit: &mut dyn Emit,
     ) {
@@ -161,7 +172,7 @@ impl Parts<'_> {
             match item {
                 Item::Record {
                     record,
-                    carrier,
+                    carriers,
                     hint,
                     index,
                 } => {
@@ -169,10 +180,10 @@ impl Parts<'_> {
                         Some(i) => pos.with_index(i),
                         None => pos.clone(),
                     };
-                    let whole = (index.is_none() && carrier.is_none()).then_some(original);
+                    let whole = (index.is_none() && carriers.is_empty()).then_some(original);
                     self.record(
                         record,
-                        carrier.or(outer_carrier),
+                        carriers.or(outer),
                         hint.or(outer_hint),
                         &p,
                         whole,
@@ -181,7 +192,7 @@ impl Parts<'_> {
                 }
                 Item::Nested {
                     bytes,
-                    carrier,
+                    carriers,
                     hint,
                     index,
                 } => {
@@ -206,7 +217,7 @@ impl Parts<'_> {
                         &mut buffers,
                         &p,
                         hint.or(outer_hint),
-                        carrier.or(outer_carrier),
+                        carriers.or(outer),
                         depth + 1,
                         emit,
                     );
@@ -230,13 +241,13 @@ impl Parts<'_> {
     fn record<'t, 'i>(
         &mut self,
         record: Src<'t, 'i>,
-        carrier: Option<Src<'t, 'i>>,
+        carriers: Carriers<'t, 'i>,
         hint: Option<SourceKind>,
         pos: &Position,
         whole: Option<&[u8]>,
         emit: &mut dyn Emit,
     ) {
-        let input = Input { record, carrier };
+        let input = Input { record, carriers };
         let wanted = self.forced.or(hint);
         let plan = match wanted {
             Some(kind) => match self.mappings.plan(kind) {
@@ -275,13 +286,17 @@ impl Parts<'_> {
             Ok(ev) => {
                 self.out.clear();
                 ev.encode(self.out);
-                let class_uid = ev.get("class_uid").and_then(event::Out::as_i64).unwrap_or(0);
+                let class_uid = ev
+                    .get("class_uid")
+                    .and_then(event::Out::as_i64)
+                    .unwrap_or(0);
                 emit.event(
                     self.out,
                     EventInfo {
                         source: plan.source,
                         class_uid,
                         position: pos,
+                        record,
                     },
                 );
             }

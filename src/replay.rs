@@ -109,7 +109,8 @@ impl UnitSink for LaneUnits<'_, '_> {
 
     fn broken(&mut self, error: RecordError, bytes: &[u8], pos: Position) {
         self.lane.summary.units += 1;
-        self.lane.dead_letter(DeadLetter::new(error, pos, None, bytes));
+        self.lane
+            .dead_letter(DeadLetter::new(error, pos, None, bytes));
     }
 
     fn progress(&mut self, bytes: u64) {

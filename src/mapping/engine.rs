@@ -2,9 +2,10 @@
 //! every source field that no assignment consumed into `unmapped`, and validate the result.
 
 use super::plan::{
-    ClassP, CondP, ConstV, FieldP, Piece, Plan, SourceP, SrcPath, Test, Transform, Trie,
-    CARRIER_ROOT, RECORD_ROOT,
+    ClassP, CondP, ConstV, FieldP, Piece, Plan, Root, SourceP, SrcPath, Test, Transform, Trie,
+    CARRIER_ROOT, ELEMENT_ROOT, RECORD_ROOT,
 };
+use crate::envelope::{Carriers, Wrap};
 use crate::error::{ErrorCode, RecordError, Stage};
 use crate::event::Out;
 use crate::json::Src;
@@ -18,11 +19,11 @@ pub struct Scratch {
     used: Vec<bool>,
 }
 
-/// A record and the envelope it arrived in (read through `@carrier.` paths).
+/// A record and the envelopes it arrived in (read through `@carrier.` / `@element.` paths).
 #[derive(Clone, Copy)]
 pub struct Input<'t, 'i> {
     pub record: Src<'t, 'i>,
-    pub carrier: Option<Src<'t, 'i>>,
+    pub carriers: Carriers<'t, 'i>,
 }
 
 struct Run<'p, 't, 'i, 's> {
@@ -41,10 +42,10 @@ fn field_err(f: &FieldP, detail: String) -> RecordError {
 
 impl<'t, 'i> Run<'_, 't, 'i, '_> {
     fn base(&self, p: &SrcPath, elem: Option<Src<'t, 'i>>) -> Option<Src<'t, 'i>> {
-        if p.carrier {
-            self.input.carrier
-        } else {
-            Some(elem.unwrap_or(self.input.record))
+        match p.root {
+            Root::Carrier => self.input.carriers.carrier.map(|w| w.doc),
+            Root::Element => self.input.carriers.element.map(|w| w.doc),
+            Root::Record => Some(elem.unwrap_or(self.input.record)),
         }
     }
 
@@ -53,7 +54,8 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         for seg in &p.segs {
             cur = cur.get(seg)?;
         }
-        if cur.is_null() {
+        // Null and "" carry nothing (CloudTrail writes accessKeyId "" for console sessions).
+        if cur.is_null() || cur.as_str() == Some("") {
             None
         } else {
             Some(cur)
@@ -213,7 +215,10 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         let mut consume = origin.is_some();
         if let (Some(re), Some((_, src))) = (&f.extract, origin) {
             let Some(s) = src.as_str() else {
-                return Err(field_err(f, format!("expected a string, got {}", src.type_name())));
+                return Err(field_err(
+                    f,
+                    format!("expected a string, got {}", src.type_name()),
+                ));
             };
             match re.captures(s).and_then(|c| c.get(1)) {
                 Some(m) => {
@@ -260,7 +265,10 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     Cow::Borrowed(s)
                 }
             });
-            let hit = key.as_deref().and_then(|k| l.values.get(k)).or(l.default.as_ref());
+            let hit = key
+                .as_deref()
+                .and_then(|k| l.values.get(k))
+                .or(l.default.as_ref());
             match hit {
                 Some(c) => v = Self::constant(c),
                 // Unknown value: leave the field unset and the source in `unmapped`.
@@ -286,11 +294,19 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         Ok(())
     }
 
-    fn leftover(&self, src: Src<'t, 'i>, node: u32, trie: &Trie) -> Option<Out<'t, 'i>> {
+    /// The parts of `src` no assignment consumed. `skip` is a path left out entirely (the
+    /// payload inside an envelope).
+    fn leftover(
+        &self,
+        src: Src<'t, 'i>,
+        node: u32,
+        trie: &Trie,
+        skip: &[&str],
+    ) -> Option<Out<'t, 'i>> {
         if self.used[node as usize] || src.is_null() {
             return None;
         }
-        if trie.is_leaf(node) {
+        if trie.is_leaf(node) && skip.is_empty() {
             return Some(Out::Raw(src));
         }
         if src.is_object() {
@@ -299,10 +315,24 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 if v.is_null() {
                     continue;
                 }
+                let sub_skip: &[&str] = match skip.split_first() {
+                    Some((first, rest)) if *first == k => {
+                        if rest.is_empty() {
+                            continue;
+                        }
+                        rest
+                    }
+                    _ => &[],
+                };
                 match trie.child(node, k) {
-                    None => members.push((k, Out::Raw(v))),
+                    None if sub_skip.is_empty() => members.push((k, Out::Raw(v))),
+                    None => {
+                        if let Some(x) = self.leftover_untracked(v, sub_skip) {
+                            members.push((k, x));
+                        }
+                    }
                     Some(c) => {
-                        if let Some(x) = self.leftover(v, c, trie) {
+                        if let Some(x) = self.leftover(v, c, trie, sub_skip) {
                             members.push((k, x));
                         }
                     }
@@ -313,17 +343,43 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             let items: Vec<Option<Out<'t, 'i>>> = src
                 .elements()
                 .filter(|e| !e.is_null())
-                .map(|e| self.leftover(e, node, trie))
+                .map(|e| self.leftover(e, node, trie, &[]))
                 .collect();
             if items.iter().all(Option::is_none) {
                 return None;
             }
             Some(Out::Arr(
-                items.into_iter().map(|x| x.unwrap_or_else(Out::obj)).collect(),
+                items
+                    .into_iter()
+                    .map(|x| x.unwrap_or_else(Out::obj))
+                    .collect(),
             ))
         } else {
             Some(Out::Raw(src))
         }
+    }
+}
+
+impl<'t, 'i> Run<'_, 't, 'i, '_> {
+    /// `src` minus the `skip` path, where no table path reaches.
+    fn leftover_untracked(&self, src: Src<'t, 'i>, skip: &[&str]) -> Option<Out<'t, 'i>> {
+        let Some((first, rest)) = skip.split_first() else {
+            return (!src.is_null()).then_some(Out::Raw(src));
+        };
+        if !src.is_object() {
+            return Some(Out::Raw(src));
+        }
+        let mut members = Vec::new();
+        for (k, v) in src.members().filter(|(_, v)| !v.is_null()) {
+            if k != *first {
+                members.push((k, Out::Raw(v)));
+            } else if !rest.is_empty() {
+                if let Some(x) = self.leftover_untracked(v, rest) {
+                    members.push((k, x));
+                }
+            }
+        }
+        (!members.is_empty()).then_some(Out::Obj(members))
     }
 }
 
@@ -381,7 +437,10 @@ fn apply_transform<'t, 'i>(
         Transform::EpochMs => {
             if let Some(i) = v.as_i64() {
                 // Epoch seconds would be < 1e11 for any date before year 5138.
-                return Value(Out::Int(if i < 100_000_000_000 { i * 1000 } else { i }), false);
+                return Value(
+                    Out::Int(if i < 100_000_000_000 { i * 1000 } else { i }),
+                    false,
+                );
             }
             match v.as_str().and_then(parse_rfc3339_ms) {
                 Some(ms) => Value(Out::Int(ms), false),
@@ -408,8 +467,12 @@ fn apply_transform<'t, 'i>(
         },
         Transform::Rest => match src {
             Some(s) if s.is_array() => {
-                let rest: Vec<Out<'t, 'i>> =
-                    s.elements().filter(|e| !e.is_null()).skip(1).map(Out::Raw).collect();
+                let rest: Vec<Out<'t, 'i>> = s
+                    .elements()
+                    .filter(|e| !e.is_null())
+                    .skip(1)
+                    .map(Out::Raw)
+                    .collect();
                 if rest.is_empty() {
                     Nothing
                 } else {
@@ -423,8 +486,7 @@ fn apply_transform<'t, 'i>(
 
 /// Parses RFC 3339 (any fraction length) into epoch milliseconds.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let t =
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
@@ -600,7 +662,10 @@ impl Plan {
         ev.set(&["class_uid"], Out::Int(info.uid));
         ev.set(&["class_name"], Out::Str(Cow::Borrowed(info.caption)));
         ev.set(&["category_uid"], Out::Int(info.category_uid()));
-        ev.set(&["category_name"], Out::Str(Cow::Borrowed(info.category_caption)));
+        ev.set(
+            &["category_name"],
+            Out::Str(Cow::Borrowed(info.category_caption)),
+        );
         ev.set(&["activity_id"], Out::Int(activity));
         ev.set(&["activity_name"], Out::Str(Cow::Borrowed(act_caption)));
         ev.set(&["type_uid"], Out::Int(info.uid * 100 + activity));
@@ -612,7 +677,11 @@ impl Plan {
             run.assign(f, &mut ev, None)?;
         }
         for (id_key, caption_key, caption) in [
-            ("severity_id", "severity", ocsf::severity_caption as fn(i64) -> &'static str),
+            (
+                "severity_id",
+                "severity",
+                ocsf::severity_caption as fn(i64) -> &'static str,
+            ),
             ("status_id", "status", ocsf::status_caption),
         ] {
             if let Some(id) = ev.get(id_key).and_then(Out::as_i64) {
@@ -621,7 +690,10 @@ impl Plan {
                 }
             }
         }
-        ev.set(&["metadata", "version"], Out::Str(Cow::Borrowed(OCSF_VERSION)));
+        ev.set(
+            &["metadata", "version"],
+            Out::Str(Cow::Borrowed(OCSF_VERSION)),
+        );
         ev.set(
             &["metadata", "profiles"],
             Out::Arr(
@@ -631,15 +703,20 @@ impl Plan {
                     .collect(),
             ),
         );
-        let mut unmapped = Vec::new();
-        if let Some(Out::Obj(m)) = run.leftover(input.record, RECORD_ROOT, &self.trie) {
-            unmapped = m;
-        } else if let Some(x) = run.leftover(input.record, RECORD_ROOT, &self.trie) {
-            unmapped.push(("@record", x));
-        }
-        if let Some(c) = input.carrier {
-            if let Some(x) = run.leftover(c, CARRIER_ROOT, &self.trie) {
-                unmapped.push(("@carrier", x));
+        let mut unmapped = match run.leftover(input.record, RECORD_ROOT, &self.trie, &[]) {
+            Some(Out::Obj(m)) => m,
+            Some(other) => vec![("@record", other)],
+            None => Vec::new(),
+        };
+        let wraps: [(Option<Wrap>, u32, &str); 2] = [
+            (input.carriers.carrier, CARRIER_ROOT, "@carrier"),
+            (input.carriers.element, ELEMENT_ROOT, "@element"),
+        ];
+        for (wrap, root, key) in wraps {
+            if let Some(w) = wrap {
+                if let Some(x) = run.leftover(w.doc, root, &self.trie, w.payload) {
+                    unmapped.push((key, x));
+                }
             }
         }
         if !unmapped.is_empty() {

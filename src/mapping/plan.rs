@@ -37,11 +37,16 @@ pub struct Trie {
 
 pub const RECORD_ROOT: u32 = 0;
 pub const CARRIER_ROOT: u32 = 1;
+pub const ELEMENT_ROOT: u32 = 2;
 
 impl Trie {
     fn new() -> Trie {
         Trie {
-            nodes: vec![TrieNode::default(), TrieNode::default()],
+            nodes: vec![
+                TrieNode::default(),
+                TrieNode::default(),
+                TrieNode::default(),
+            ],
         }
     }
 
@@ -79,11 +84,22 @@ impl Trie {
     }
 }
 
+/// Which document a source path starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    /// The record (or, inside `each`, the current element).
+    Record,
+    /// The envelope the record came in: `@carrier.` paths.
+    Carrier,
+    /// The carrier's list element around the record: `@element.` paths.
+    Element,
+}
+
 /// A source path: segments from a base (the record, the carrier, or an `each` element).
 #[derive(Debug, Clone)]
 pub struct SrcPath {
     pub text: &'static str,
-    pub carrier: bool,
+    pub root: Root,
     pub segs: Vec<&'static str>,
     pub node: u32,
 }
@@ -288,14 +304,17 @@ impl Compiler<'_> {
     }
 
     fn src_path(&mut self, p: &str, base: u32, line: usize) -> Result<SrcPath, TableError> {
-        let (carrier, rest) = match p.strip_prefix("@carrier.") {
-            Some(r) => (true, r),
-            None => (false, p),
+        let (root, rest) = if let Some(r) = p.strip_prefix("@carrier.") {
+            (Root::Carrier, r)
+        } else if let Some(r) = p.strip_prefix("@element.") {
+            (Root::Element, r)
+        } else {
+            (Root::Record, p)
         };
         if rest == "." || rest.is_empty() {
             return Ok(SrcPath {
                 text: leak(p),
-                carrier,
+                root,
                 segs: Vec::new(),
                 node: base,
             });
@@ -305,11 +324,15 @@ impl Compiler<'_> {
             .iter()
             .map(|s| leak(s))
             .collect();
-        let root = if carrier { CARRIER_ROOT } else { base };
-        let node = self.trie.intern(root, &segs);
+        let start = match root {
+            Root::Carrier => CARRIER_ROOT,
+            Root::Element => ELEMENT_ROOT,
+            Root::Record => base,
+        };
+        let node = self.trie.intern(start, &segs);
         Ok(SrcPath {
             text: leak(p),
-            carrier,
+            root,
             segs,
             node,
         })
@@ -435,7 +458,11 @@ impl Compiler<'_> {
         Ok(LookupP {
             values,
             ignore_case: l.ignore_case,
-            default: l.default.as_ref().map(|d| self.constant(d, line)).transpose()?,
+            default: l
+                .default
+                .as_ref()
+                .map(|d| self.constant(d, line))
+                .transpose()?,
         })
     }
 
@@ -520,11 +547,13 @@ impl Compiler<'_> {
             if !matches!(kind, LeafKind::Array) {
                 return Err(self.err(
                     line,
-                    format!("`each` needs an array attribute, `{}` is not one", f.to.get_ref()),
+                    format!(
+                        "`each` needs an array attribute, `{}` is not one",
+                        f.to.get_ref()
+                    ),
                 ));
             }
-            let elem_prefix: Vec<&'static str> =
-                prefix.iter().chain(to.iter()).copied().collect();
+            let elem_prefix: Vec<&'static str> = prefix.iter().chain(to.iter()).copied().collect();
             let mut fields = Vec::new();
             let mut whole = false;
             for sub in f.fields.as_deref().unwrap_or_default() {
@@ -630,7 +659,8 @@ impl Compiler<'_> {
             return Ok(s.clone());
         }
         let s = Arc::new(
-            ClassSchema::compile(info.name, info.schema_json).map_err(|e| self.err(0, e.to_string()))?,
+            ClassSchema::compile(info.name, info.schema_json)
+                .map_err(|e| self.err(0, e.to_string()))?,
         );
         self.schemas.insert(info.name, s.clone());
         Ok(s)

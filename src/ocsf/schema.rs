@@ -141,7 +141,8 @@ impl Compiler<'_> {
                 for t in ts.iter().filter_map(|t| t.as_str()) {
                     n.types |= type_bit(t);
                 }
-                if n.types == T_STRING | T_INTEGER | T_NUMBER | T_BOOLEAN | T_OBJECT | T_ARRAY | T_NULL
+                if n.types
+                    == T_STRING | T_INTEGER | T_NUMBER | T_BOOLEAN | T_OBJECT | T_ARRAY | T_NULL
                 {
                     n.types = 0;
                 }
@@ -179,7 +180,7 @@ impl Compiler<'_> {
                 }
             }
         }
-        let en = v.get("enum").or_else(|| v.get("const").map(|c| c));
+        let en = v.get("enum").or_else(|| v.get("const"));
         if let Some(e) = en {
             let list: Vec<serde_json::Value> = match e {
                 serde_json::Value::Array(a) if v.get("enum").is_some() => a.clone(),
@@ -197,8 +198,7 @@ impl Compiler<'_> {
         }
         if let Some(p) = v.get("pattern").and_then(|p| p.as_str()) {
             // JSON Schema patterns are unanchored ECMA-262; the OCSF ones are regex-crate safe.
-            n.pattern =
-                Some(Regex::new(p).map_err(|e| self.err(format!("pattern {p:?}: {e}")))?);
+            n.pattern = Some(Regex::new(p).map_err(|e| self.err(format!("pattern {p:?}: {e}")))?);
             n.ip_pattern = p.contains("25[0-5]") && p.contains("[0-9A-Fa-f]{1,4}");
         }
         if let Some(items) = v.get("items") {
@@ -320,7 +320,7 @@ impl ClassSchema {
         })
     }
 
-    fn check_required<'k>(
+    fn check_required(
         &self,
         n: &SNode,
         has: impl Fn(&str) -> bool,
@@ -333,10 +333,7 @@ impl ClassSchema {
         }
         if !n.any_of.is_empty() && !n.any_of.iter().any(|alt| alt.iter().all(|r| has(r))) {
             let alts: Vec<String> = n.any_of.iter().map(|a| a.join("+")).collect();
-            return Self::fail(
-                path,
-                format!("needs at least one of: {}", alts.join(", ")),
-            );
+            return Self::fail(path, format!("needs at least one of: {}", alts.join(", ")));
         }
         if !n.one_of.is_empty()
             && n.one_of
@@ -368,7 +365,10 @@ impl ClassSchema {
             Out::Int(i) => self.check_int(n, *i, path),
             Out::Bool(_) => {
                 if n.types != 0 && n.types & T_BOOLEAN == 0 {
-                    return Self::fail(path, format!("expected {}, got boolean", type_list(n.types)));
+                    return Self::fail(
+                        path,
+                        format!("expected {}, got boolean", type_list(n.types)),
+                    );
                 }
                 Ok(())
             }
@@ -387,7 +387,10 @@ impl ClassSchema {
             }
             Out::Obj(members) => {
                 if n.types != 0 && n.types & T_OBJECT == 0 {
-                    return Self::fail(path, format!("expected {}, got object", type_list(n.types)));
+                    return Self::fail(
+                        path,
+                        format!("expected {}, got object", type_list(n.types)),
+                    );
                 }
                 self.check_required(n, |k| members.iter().any(|(mk, _)| *mk == k), path)?;
                 for (k, x) in members {
@@ -431,7 +434,10 @@ impl ClassSchema {
 
     fn check_int(&self, n: &SNode, i: i64, path: &str) -> Result<(), Violation> {
         if n.types != 0 && n.types & T_INTEGER == 0 {
-            return Self::fail(path, format!("expected {}, got integer", type_list(n.types)));
+            return Self::fail(
+                path,
+                format!("expected {}, got integer", type_list(n.types)),
+            );
         }
         if let Some(e) = &n.enum_i {
             if !e.contains(&i) {
@@ -461,7 +467,10 @@ impl ClassSchema {
                 S::U64(u) => self.check_int(n, i64::try_from(u).unwrap_or(i64::MAX), path),
                 S::F64(_) => {
                     if n.types != 0 && n.types & T_NUMBER == 0 {
-                        return Self::fail(path, format!("expected {}, got number", type_list(n.types)));
+                        return Self::fail(
+                            path,
+                            format!("expected {}, got number", type_list(n.types)),
+                        );
                     }
                     Ok(())
                 }
@@ -486,11 +495,7 @@ impl ClassSchema {
         if n.types != 0 && n.types & T_OBJECT == 0 {
             return Self::fail(path, format!("expected {}, got object", type_list(n.types)));
         }
-        self.check_required(
-            n,
-            |k| v.get(k).is_some_and(|x| !x.is_null()),
-            path,
-        )?;
+        self.check_required(n, |k| v.get(k).is_some_and(|x| !x.is_null()), path)?;
         for (k, x) in v.members() {
             if x.is_null() {
                 continue;

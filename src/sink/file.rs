@@ -49,12 +49,12 @@ impl LineSink {
         let w: Box<dyn Write + Send> = match &target {
             Target::Stdout => Box::new(std::io::stdout()),
             Target::Stderr => Box::new(std::io::stderr()),
-            Target::File(p) => Box::new(std::fs::File::create(p).map_err(|source| {
-                SinkError::Io {
+            Target::File(p) => {
+                Box::new(std::fs::File::create(p).map_err(|source| SinkError::Io {
                     target: p.display().to_string(),
                     source,
-                }
-            })?),
+                })?)
+            }
         };
         Ok(LineSink {
             target,

@@ -169,7 +169,7 @@ fn frame(
             Ok(n) => n,
             Err(e) if gzip => {
                 sink.broken(truncated(&e), &line, pos(&path, None, offset));
-                return Ok(units);
+                return Ok(units + 1);
             }
             Err(e) => return Err(e),
         };
@@ -213,6 +213,7 @@ fn frame(
             Ok(_) => lineno += 1,
             Err(e) if gzip => {
                 sink.broken(truncated(&e), &line, pos(&path, Some(lineno + 1), offset));
+                units += 1;
                 break;
             }
             Err(e) => return Err(e),
