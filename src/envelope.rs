@@ -8,6 +8,7 @@
 use crate::error::{ErrorCode, RecordError, Stage};
 use crate::json::Src;
 use crate::record::SourceKind;
+use base64::Engine as _;
 
 /// An envelope around a record: the document, and the path inside it that holds the payload
 /// (left out of `unmapped`, since the payload is the record itself).
@@ -115,17 +116,150 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
             .map(|_| SourceKind::CloudTrail);
         out.push(Item::Record {
             record: detail,
-            carriers: Carriers {
-                carrier: Some(Wrap {
-                    doc,
-                    payload: &["detail"],
-                }),
-                element: None,
-            },
+            carriers: wrapped(doc, &["detail"]),
             hint,
             index: None,
         });
         return;
+    }
+    // Azure diagnostic settings / Event Hub batch; AKS audit records ride in it too.
+    if let Some(records) = doc.get("records") {
+        if !records.is_array() {
+            return bad_list("records", records, out);
+        }
+        for (i, el) in records.elements().enumerate() {
+            match aks_log(el) {
+                Some(log) => out.push(Item::Nested {
+                    bytes: log.as_bytes().to_vec(),
+                    carriers: Carriers {
+                        carrier: None,
+                        element: Some(Wrap {
+                            doc: el,
+                            payload: AKS_PAYLOAD,
+                        }),
+                    },
+                    hint: Some(SourceKind::K8sAudit),
+                    index: Some(i as u32),
+                }),
+                None => out.push(Item::Record {
+                    record: el,
+                    carriers: Carriers::default(),
+                    hint: None,
+                    index: Some(i as u32),
+                }),
+            }
+        }
+        return;
+    }
+    // One AKS diagnostic record on its own (a storage-account export line).
+    if let Some(log) = aks_log(doc) {
+        out.push(Item::Nested {
+            bytes: log.as_bytes().to_vec(),
+            carriers: Carriers {
+                carrier: None,
+                element: Some(Wrap {
+                    doc,
+                    payload: AKS_PAYLOAD,
+                }),
+            },
+            hint: Some(SourceKind::K8sAudit),
+            index: None,
+        });
+        return;
+    }
+    // Azure REST API (`{"value":[..], "nextLink"}`) and GCP Logging API (`{"entries":[..]}`).
+    if let Some(value) = doc.get("value").filter(|v| v.is_array()) {
+        return list(value, "value", None, out);
+    }
+    if let Some(entries) = doc.get("entries") {
+        return list(entries, "entries", Some(SourceKind::GcpAudit), out);
+    }
+    // Kubernetes audit webhook batch.
+    if doc.get("kind").and_then(|k| k.as_str()) == Some("EventList") {
+        return match doc.get("items") {
+            Some(items) => list(items, "items", Some(SourceKind::K8sAudit), out),
+            None => out.push(Item::Failed {
+                error: wrong_shape("EventList without `items`".into()),
+                raw: None,
+                index: None,
+            }),
+        };
+    }
+    // Pub/Sub push: {"message": {"data": <base64>, ...}, "subscription": ...}.
+    if let Some(data) = doc.get("message").and_then(|m| m.get("data")) {
+        return base64_payload(data, wrapped(doc, &["message", "data"]), out);
+    }
+    // Pub/Sub pull message: {"data": <base64>, "messageId": ..., "attributes": ...}.
+    if let Some(data) = doc.get("data").filter(|d| d.as_str().is_some()) {
+        if [
+            "messageId",
+            "message_id",
+            "publishTime",
+            "publish_time",
+            "attributes",
+        ]
+        .iter()
+        .any(|k| doc.get(k).is_some())
+        {
+            return base64_payload(data, wrapped(doc, &["data"]), out);
+        }
+    }
+    // CloudWatch Logs subscription payload (already gunzipped).
+    if let (Some(kind), Some(events)) = (doc.get("messageType"), doc.get("logEvents")) {
+        if kind.as_str() == Some("CONTROL_MESSAGE") {
+            out.push(Item::Skipped {
+                reason: "CloudWatch Logs control message (holds no events)",
+            });
+            return;
+        }
+        if !events.is_array() {
+            return bad_list("logEvents", events, out);
+        }
+        let hint = cloudwatch_hint(doc.get("logGroup"));
+        for (i, ev) in events.elements().enumerate() {
+            let Some(message) = ev.get("message").and_then(|m| m.as_str()) else {
+                out.push(Item::Failed {
+                    error: wrong_shape("CloudWatch log event without a string `message`".into()),
+                    raw: Some(ev),
+                    index: Some(i as u32),
+                });
+                continue;
+            };
+            out.push(Item::Nested {
+                bytes: message.as_bytes().to_vec(),
+                carriers: Carriers {
+                    carrier: Some(Wrap {
+                        doc,
+                        payload: &["logEvents"],
+                    }),
+                    element: Some(Wrap {
+                        doc: ev,
+                        payload: &["message"],
+                    }),
+                },
+                hint,
+                index: Some(i as u32),
+            });
+        }
+        return;
+    }
+    // One CloudWatch Logs event as exported (filter-log-events, S3 export): the record is the
+    // `message` string.
+    if let Some(message) = doc.get("message").and_then(|m| m.as_str()) {
+        if ["logStreamName", "ingestionTime", "eventId"]
+            .iter()
+            .any(|k| doc.get(k).is_some())
+        {
+            let hint = cloudwatch_hint(doc.get("logGroupName").or(doc.get("logGroup")))
+                .or_else(|| cloudwatch_hint(doc.get("logStreamName")));
+            out.push(Item::Nested {
+                bytes: message.as_bytes().to_vec(),
+                carriers: wrapped(doc, &["message"]),
+                hint,
+                index: None,
+            });
+            return;
+        }
     }
     out.push(Item::Record {
         record: doc,
@@ -135,19 +269,78 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
     });
 }
 
+const AKS_PAYLOAD: &[&str] = &["properties", "log"];
+
+/// The embedded audit event of an AKS `kube-audit` / `kube-audit-admin` diagnostic record.
+fn aks_log<'i>(el: Src<'_, 'i>) -> Option<&'i str> {
+    let category = el.get("category")?.as_str()?;
+    if !category.eq_ignore_ascii_case("kube-audit")
+        && !category.eq_ignore_ascii_case("kube-audit-admin")
+    {
+        return None;
+    }
+    el.get("properties")?.get("log")?.as_str()
+}
+
+/// EKS control-plane logs live in `/aws/eks/<cluster>/cluster`, audit streams are named
+/// `kube-apiserver-audit-*`.
+fn cloudwatch_hint(v: Option<Src<'_, '_>>) -> Option<SourceKind> {
+    let s = v?.as_str()?;
+    (s.starts_with("/aws/eks/") || s.starts_with("kube-apiserver-audit"))
+        .then_some(SourceKind::K8sAudit)
+}
+
+fn wrapped<'t, 'i>(doc: Src<'t, 'i>, payload: &'static [&'static str]) -> Carriers<'t, 'i> {
+    Carriers {
+        carrier: Some(Wrap { doc, payload }),
+        element: None,
+    }
+}
+
+fn base64_payload<'t, 'i>(
+    data: Src<'t, 'i>,
+    carriers: Carriers<'t, 'i>,
+    out: &mut Vec<Item<'t, 'i>>,
+) {
+    let decoded = data
+        .as_str()
+        .ok_or_else(|| "Pub/Sub `data` is not a string".to_string())
+        .and_then(|s| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| format!("Pub/Sub `data` is not valid base64: {e}"))
+        });
+    match decoded {
+        Ok(bytes) => out.push(Item::Nested {
+            bytes,
+            carriers,
+            hint: None,
+            index: None,
+        }),
+        Err(detail) => out.push(Item::Failed {
+            error: RecordError::new(ErrorCode::BadPayload, Stage::Envelope, detail),
+            raw: None,
+            index: None,
+        }),
+    }
+}
+
+fn bad_list<'t, 'i>(name: &str, v: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
+    out.push(Item::Failed {
+        error: wrong_shape(format!(
+            "`{name}` must be an array of records, found {}",
+            v.type_phrase()
+        )),
+        raw: None,
+        index: None,
+    });
+}
+
 /// A carrier's list member: every element is a record. The list's siblings (page tokens and
 /// the like) describe the batch, not a record, and are not copied into each event.
 fn list<'t, 'i>(v: Src<'t, 'i>, name: &str, hint: Option<SourceKind>, out: &mut Vec<Item<'t, 'i>>) {
     if !v.is_array() {
-        out.push(Item::Failed {
-            error: wrong_shape(format!(
-                "`{name}` must be an array of records, found {}",
-                v.type_phrase()
-            )),
-            raw: None,
-            index: None,
-        });
-        return;
+        return bad_list(name, v, out);
     }
     for (i, el) in v.elements().enumerate() {
         out.push(Item::Record {

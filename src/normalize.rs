@@ -94,6 +94,21 @@ impl Normalizer {
     }
 }
 
+/// Decompressed payloads larger than this are refused: a gzip bomb must not take the lane down.
+const MAX_GUNZIP: u64 = 256 * 1024 * 1024;
+
+fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    let mut d = flate2::read::MultiGzDecoder::new(bytes).take(MAX_GUNZIP + 1);
+    d.read_to_end(&mut out)
+        .map_err(|e| format!("gzip payload is truncated or corrupt: {e}"))?;
+    if out.len() as u64 > MAX_GUNZIP {
+        return Err(format!("gzip payload expands beyond {MAX_GUNZIP} bytes"));
+    }
+    Ok(out)
+}
+
 /// A short, content-free description of an unrecognised record: its top-level keys.
 fn describe(v: Src<'_, '_>) -> String {
     if !v.is_object() {
@@ -153,6 +168,31 @@ impl Parts<'_> {
         depth: usize,
         emit: &mut dyn Emit,
     ) {
+        if original.starts_with(&[0x1f, 0x8b]) && depth < MAX_DEPTH {
+            // A gzip body (CloudWatch Logs subscription payloads on Kinesis or Kafka).
+            match gunzip(original) {
+                Ok(plain) => {
+                    let mut work = plain.clone();
+                    let mut buffers = simd_json::Buffers::new(plain.len());
+                    let outer_carriers = outer;
+                    return self.unit(
+                        &plain,
+                        &mut work,
+                        &mut buffers,
+                        pos,
+                        outer_hint,
+                        outer_carriers,
+                        depth + 1,
+                        emit,
+                    );
+                }
+                Err(detail) => {
+                    let err = RecordError::new(ErrorCode::TruncatedGzip, Stage::Decode, detail);
+                    emit.dead_letter(DeadLetter::new(err, pos.clone(), outer_hint, original));
+                    return;
+                }
+            }
+        }
         let tape = match simd_json::to_tape_with_buffers(work, buffers) {
             Ok(t) => t,
             Err(e) => {

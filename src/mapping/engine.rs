@@ -52,7 +52,12 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
     fn get(&self, p: &SrcPath, elem: Option<Src<'t, 'i>>) -> Option<Src<'t, 'i>> {
         let mut cur = self.base(p, elem)?;
         for seg in &p.segs {
-            cur = cur.get(seg)?;
+            // A numeric segment indexes an array (`bindingDeltas.0.action`).
+            cur = match cur.get(seg) {
+                Some(v) => v,
+                None if cur.is_array() => cur.elements().nth(seg.parse::<usize>().ok()?)?,
+                None => return None,
+            };
         }
         // Null and "" carry nothing (CloudTrail writes accessKeyId "" for console sessions).
         if cur.is_null() || cur.as_str() == Some("") {
@@ -171,7 +176,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     for sub in fields {
                         self.assign(sub, &mut obj, Some(e))?;
                     }
-                    if matches!(&obj, Out::Obj(m) if !m.is_empty()) {
+                    if !matches!(&obj, Out::Obj(m) if m.is_empty()) {
                         items.push(obj);
                     }
                 }
@@ -198,7 +203,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         target: &mut Out<'t, 'i>,
         elem: Option<Src<'t, 'i>>,
     ) -> Result<(), RecordError> {
-        if target.has_path(&f.to) {
+        if !f.to.is_empty() && target.has_path(&f.to) {
             return Ok(());
         }
         if let Some(w) = &f.when {
@@ -284,8 +289,11 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 ),
             )
         })?;
-        let dest_path: Vec<&'i str> = dest.0.iter().copied().map(|s| -> &'i str { s }).collect();
-        target.set(&dest_path, v);
+        if dest.0.is_empty() {
+            *target = v;
+        } else {
+            target.set(dest.0, v);
+        }
         if consume {
             if let Some((p, _)) = origin {
                 self.mark(p.node);

@@ -14,10 +14,12 @@ use crate::record::SourceKind;
 use std::path::{Path, PathBuf};
 
 /// The tables built into the binary, so that it runs with no files beside it.
-fn builtin(kind: SourceKind) -> Option<&'static str> {
+fn builtin(kind: SourceKind) -> &'static str {
     match kind {
-        SourceKind::CloudTrail => Some(include_str!("../../mappings/cloudtrail.toml")),
-        SourceKind::GcpAudit | SourceKind::AzureActivity | SourceKind::K8sAudit => None,
+        SourceKind::CloudTrail => include_str!("../../mappings/cloudtrail.toml"),
+        SourceKind::GcpAudit => include_str!("../../mappings/gcp_audit.toml"),
+        SourceKind::AzureActivity => include_str!("../../mappings/azure_activity.toml"),
+        SourceKind::K8sAudit => include_str!("../../mappings/k8s_audit.toml"),
     }
 }
 
@@ -51,8 +53,12 @@ impl Mappings {
                     source,
                 })?;
                 plans.push(plan::compile(kind, &path.display().to_string(), &text)?);
-            } else if let Some(text) = builtin(kind) {
-                plans.push(plan::compile(kind, &format!("mappings/{file}"), text)?);
+            } else {
+                plans.push(plan::compile(
+                    kind,
+                    &format!("mappings/{file}"),
+                    builtin(kind),
+                )?);
             }
         }
         Ok(Mappings { plans })

@@ -493,7 +493,15 @@ impl Compiler<'_> {
         base: u32,
     ) -> Result<FieldP, TableError> {
         let line = self.line(&f.to);
-        let (to, kind) = self.resolve(schema, prefix, f.to.get_ref(), line)?;
+        // `to = "."` inside `each`: the element itself is the array item (arrays of strings).
+        let (to, kind) = if f.to.get_ref() == "." && !prefix.is_empty() {
+            let kind = schema
+                .resolve_items(&prefix.join("."))
+                .map_err(|e| self.err(line, e))?;
+            (Vec::new(), kind)
+        } else {
+            self.resolve(schema, prefix, f.to.get_ref(), line)?
+        };
         let sources = [
             f.from.is_some(),
             f.value.is_some(),

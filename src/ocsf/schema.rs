@@ -265,6 +265,25 @@ impl ClassSchema {
     /// Resolves a dotted OCSF path (arrays are stepped through transparently) to what may be
     /// assigned there. The error says which segment is unknown and what exists instead.
     pub fn resolve(&self, path: &str) -> Result<LeafKind, String> {
+        Ok(match self.node_of(path)? {
+            Some(id) => self.kind_of(id),
+            None => LeafKind::Any,
+        })
+    }
+
+    /// What the elements of the array at `path` may hold.
+    pub fn resolve_items(&self, path: &str) -> Result<LeafKind, String> {
+        match self.node_of(path)? {
+            Some(id) => match self.nodes[id].items {
+                Some(items) => Ok(self.kind_of(items)),
+                None => Err(format!("`{path}` is not an array in {}", self.class_name)),
+            },
+            None => Ok(LeafKind::Any),
+        }
+    }
+
+    /// The schema node at `path`; None inside a free-form object.
+    fn node_of(&self, path: &str) -> Result<Option<usize>, String> {
         let mut id = 0usize;
         for seg in path.split('.') {
             let mut n = &self.nodes[id];
@@ -275,7 +294,7 @@ impl ClassSchema {
             match n.props.get(seg) {
                 Some(&next) => id = next,
                 None if n.additional && n.types & T_OBJECT != 0 && n.props.is_empty() => {
-                    return Ok(LeafKind::Any);
+                    return Ok(None);
                 }
                 None => {
                     let mut known: Vec<&str> = n.props.keys().map(String::as_str).collect();
@@ -288,8 +307,12 @@ impl ClassSchema {
                 }
             }
         }
+        Ok(Some(id))
+    }
+
+    fn kind_of(&self, id: usize) -> LeafKind {
         let n = &self.nodes[id];
-        Ok(match n.types {
+        match n.types {
             0 => LeafKind::Any,
             T_STRING => LeafKind::String,
             T_INTEGER => LeafKind::Integer,
@@ -300,7 +323,7 @@ impl ClassSchema {
                 free_form: n.additional && n.props.is_empty(),
             },
             _ => LeafKind::Any,
-        })
+        }
     }
 
     /// Checks an event tree. `None` when valid.
