@@ -71,6 +71,77 @@ fn wrong_shape(detail: String) -> RecordError {
     RecordError::new(ErrorCode::WrongShape, Stage::Envelope, detail)
 }
 
+/// The top-level members the carrier rules look at, found in one pass over the document
+/// (records are mostly not carriers: a dozen lookups by name each would cost more than mapping).
+#[derive(Default)]
+struct Top<'t, 'i> {
+    records_ct: Option<Src<'t, 'i>>,
+    digest_start: Option<Src<'t, 'i>>,
+    log_files: Option<Src<'t, 'i>>,
+    detail_type: Option<Src<'t, 'i>>,
+    detail: Option<Src<'t, 'i>>,
+    records: Option<Src<'t, 'i>>,
+    value: Option<Src<'t, 'i>>,
+    entries: Option<Src<'t, 'i>>,
+    kind: Option<Src<'t, 'i>>,
+    items: Option<Src<'t, 'i>>,
+    message: Option<Src<'t, 'i>>,
+    data: Option<Src<'t, 'i>>,
+    message_id: Option<Src<'t, 'i>>,
+    message_id_: Option<Src<'t, 'i>>,
+    publish_time: Option<Src<'t, 'i>>,
+    publish_time_: Option<Src<'t, 'i>>,
+    attributes: Option<Src<'t, 'i>>,
+    message_type: Option<Src<'t, 'i>>,
+    log_events: Option<Src<'t, 'i>>,
+    log_stream_name: Option<Src<'t, 'i>>,
+    ingestion_time: Option<Src<'t, 'i>>,
+    event_id: Option<Src<'t, 'i>>,
+    log_group_name: Option<Src<'t, 'i>>,
+    log_group: Option<Src<'t, 'i>>,
+    category: Option<Src<'t, 'i>>,
+    properties: Option<Src<'t, 'i>>,
+}
+
+fn scan<'t, 'i>(doc: Src<'t, 'i>) -> Top<'t, 'i> {
+    let mut top = Top::default();
+    for (k, v) in doc.members() {
+        let slot = match k {
+            "Records" => &mut top.records_ct,
+            "digestStartTime" => &mut top.digest_start,
+            "logFiles" => &mut top.log_files,
+            "detail-type" => &mut top.detail_type,
+            "detail" => &mut top.detail,
+            "records" => &mut top.records,
+            "value" => &mut top.value,
+            "entries" => &mut top.entries,
+            "kind" => &mut top.kind,
+            "items" => &mut top.items,
+            "message" => &mut top.message,
+            "data" => &mut top.data,
+            "messageId" => &mut top.message_id,
+            "message_id" => &mut top.message_id_,
+            "publishTime" => &mut top.publish_time,
+            "publish_time" => &mut top.publish_time_,
+            "attributes" => &mut top.attributes,
+            "messageType" => &mut top.message_type,
+            "logEvents" => &mut top.log_events,
+            "logStreamName" => &mut top.log_stream_name,
+            "ingestionTime" => &mut top.ingestion_time,
+            "eventId" => &mut top.event_id,
+            "logGroupName" => &mut top.log_group_name,
+            "logGroup" => &mut top.log_group,
+            "category" => &mut top.category,
+            "properties" => &mut top.properties,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(v);
+        }
+    }
+    top
+}
+
 /// Splits one parsed document into items.
 pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
     if doc.is_array() {
@@ -97,19 +168,20 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
         });
         return;
     }
+    let top = scan(doc);
     // CloudTrail S3 delivery file.
-    if let Some(records) = doc.get("Records") {
+    if let Some(records) = top.records_ct {
         return list(records, "Records", Some(SourceKind::CloudTrail), out);
     }
     // CloudTrail digest files sit in the same bucket tree; they list log files, not events.
-    if doc.get("digestStartTime").is_some() && doc.get("logFiles").is_some() {
+    if top.digest_start.is_some() && top.log_files.is_some() {
         out.push(Item::Skipped {
             reason: "CloudTrail digest file (holds no events)",
         });
         return;
     }
     // EventBridge: {"detail-type": "AWS API Call via CloudTrail", "detail": {...}}.
-    if let (Some(dt), Some(detail)) = (doc.get("detail-type"), doc.get("detail")) {
+    if let (Some(dt), Some(detail)) = (top.detail_type, top.detail) {
         let hint = dt
             .as_str()
             .filter(|t| t.ends_with("via CloudTrail"))
@@ -123,7 +195,7 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
         return;
     }
     // Azure diagnostic settings / Event Hub batch; AKS audit records ride in it too.
-    if let Some(records) = doc.get("records") {
+    if let Some(records) = top.records {
         if !records.is_array() {
             return bad_list("records", records, out);
         }
@@ -152,7 +224,7 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
         return;
     }
     // One AKS diagnostic record on its own (a storage-account export line).
-    if let Some(log) = aks_log(doc) {
+    if let Some(log) = top_aks_log(&top) {
         out.push(Item::Nested {
             bytes: log.as_bytes().to_vec(),
             carriers: Carriers {
@@ -168,15 +240,15 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
         return;
     }
     // Azure REST API (`{"value":[..], "nextLink"}`) and GCP Logging API (`{"entries":[..]}`).
-    if let Some(value) = doc.get("value").filter(|v| v.is_array()) {
+    if let Some(value) = top.value.filter(|v| v.is_array()) {
         return list(value, "value", None, out);
     }
-    if let Some(entries) = doc.get("entries") {
+    if let Some(entries) = top.entries {
         return list(entries, "entries", Some(SourceKind::GcpAudit), out);
     }
     // Kubernetes audit webhook batch.
-    if doc.get("kind").and_then(|k| k.as_str()) == Some("EventList") {
-        return match doc.get("items") {
+    if top.kind.and_then(|k| k.as_str()) == Some("EventList") {
+        return match top.items {
             Some(items) => list(items, "items", Some(SourceKind::K8sAudit), out),
             None => out.push(Item::Failed {
                 error: wrong_shape("EventList without `items`".into()),
@@ -186,26 +258,26 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
         };
     }
     // Pub/Sub push: {"message": {"data": <base64>, ...}, "subscription": ...}.
-    if let Some(data) = doc.get("message").and_then(|m| m.get("data")) {
+    if let Some(data) = top.message.and_then(|m| m.get("data")) {
         return base64_payload(data, wrapped(doc, &["message", "data"]), out);
     }
     // Pub/Sub pull message: {"data": <base64>, "messageId": ..., "attributes": ...}.
-    if let Some(data) = doc.get("data").filter(|d| d.as_str().is_some()) {
+    if let Some(data) = top.data.filter(|d| d.as_str().is_some()) {
         if [
-            "messageId",
-            "message_id",
-            "publishTime",
-            "publish_time",
-            "attributes",
+            top.message_id,
+            top.message_id_,
+            top.publish_time,
+            top.publish_time_,
+            top.attributes,
         ]
         .iter()
-        .any(|k| doc.get(k).is_some())
+        .any(Option::is_some)
         {
             return base64_payload(data, wrapped(doc, &["data"]), out);
         }
     }
     // CloudWatch Logs subscription payload (already gunzipped).
-    if let (Some(kind), Some(events)) = (doc.get("messageType"), doc.get("logEvents")) {
+    if let (Some(kind), Some(events)) = (top.message_type, top.log_events) {
         if kind.as_str() == Some("CONTROL_MESSAGE") {
             out.push(Item::Skipped {
                 reason: "CloudWatch Logs control message (holds no events)",
@@ -215,7 +287,7 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
         if !events.is_array() {
             return bad_list("logEvents", events, out);
         }
-        let hint = cloudwatch_hint(doc.get("logGroup"));
+        let hint = cloudwatch_hint(top.log_group);
         for (i, ev) in events.elements().enumerate() {
             let Some(message) = ev.get("message").and_then(|m| m.as_str()) else {
                 out.push(Item::Failed {
@@ -245,13 +317,13 @@ pub fn unwrap<'t, 'i>(doc: Src<'t, 'i>, out: &mut Vec<Item<'t, 'i>>) {
     }
     // One CloudWatch Logs event as exported (filter-log-events, S3 export): the record is the
     // `message` string.
-    if let Some(message) = doc.get("message").and_then(|m| m.as_str()) {
-        if ["logStreamName", "ingestionTime", "eventId"]
+    if let Some(message) = top.message.and_then(|m| m.as_str()) {
+        if [top.log_stream_name, top.ingestion_time, top.event_id]
             .iter()
-            .any(|k| doc.get(k).is_some())
+            .any(|k| k.is_some())
         {
-            let hint = cloudwatch_hint(doc.get("logGroupName").or(doc.get("logGroup")))
-                .or_else(|| cloudwatch_hint(doc.get("logStreamName")));
+            let hint = cloudwatch_hint(top.log_group_name.or(top.log_group))
+                .or_else(|| cloudwatch_hint(top.log_stream_name));
             out.push(Item::Nested {
                 bytes: message.as_bytes().to_vec(),
                 carriers: wrapped(doc, &["message"]),
@@ -280,6 +352,15 @@ fn aks_log<'i>(el: Src<'_, 'i>) -> Option<&'i str> {
         return None;
     }
     el.get("properties")?.get("log")?.as_str()
+}
+
+fn top_aks_log<'i>(top: &Top<'_, 'i>) -> Option<&'i str> {
+    let category = top.category?.as_str()?;
+    if !category.eq_ignore_ascii_case("kube-audit") && !category.eq_ignore_ascii_case("kube-audit-admin")
+    {
+        return None;
+    }
+    top.properties?.get("log")?.as_str()
 }
 
 /// EKS control-plane logs live in `/aws/eks/<cluster>/cluster`, audit streams are named

@@ -16,6 +16,8 @@ pub enum Out<'t, 'i> {
     Raw(Src<'t, 'i>),
     Obj(Vec<(&'i str, Out<'t, 'i>)>),
     Arr(Vec<Out<'t, 'i>>),
+    /// Pre-encoded JSON, checked when the plan was compiled (e.g. `metadata.profiles`).
+    Json(&'static str),
 }
 
 impl<'t, 'i> Out<'t, 'i> {
@@ -98,6 +100,7 @@ impl<'t, 'i> Out<'t, 'i> {
             Out::Bool(true) => out.extend_from_slice(b"true"),
             Out::Bool(false) => out.extend_from_slice(b"false"),
             Out::Raw(src) => encode_src(out, *src),
+            Out::Json(j) => out.extend_from_slice(j.as_bytes()),
             Out::Obj(members) => {
                 out.push(b'{');
                 for (n, (k, v)) in members.iter().enumerate() {

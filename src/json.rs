@@ -83,6 +83,19 @@ impl<'t, 'i> Src<'t, 'i> {
         }
     }
 
+    /// Where this value sits inside `base` (which must contain it), as tape indexes; lets a
+    /// per-record memo store positions instead of borrowed slices.
+    pub fn offset_in(&self, base: Src<'t, 'i>) -> (u32, u32) {
+        let size = std::mem::size_of::<Node<'i>>();
+        let start = (self.0.as_ptr() as usize - base.0.as_ptr() as usize) / size;
+        (start as u32, self.0.len() as u32)
+    }
+
+    /// The value at tape indexes produced by `offset_in` on the same base.
+    pub fn at(&self, start: u32, len: u32) -> Src<'t, 'i> {
+        Src(&self.0[start as usize..(start + len) as usize])
+    }
+
     /// The type name with its article, for messages: "an object", "a string".
     pub fn type_phrase(&self) -> &'static str {
         match self.type_name() {
@@ -205,11 +218,47 @@ const ESCAPE: [u8; 256] = {
     t
 };
 
+/// True when any byte of `w` is a control character, `"` or `\\` (the bytes JSON escapes).
+#[inline]
+fn needs_escape_8(w: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let lt_0x20 = w.wrapping_sub(LO * 0x20) & !w & HI;
+    lt_0x20 | has_zero(w ^ (LO * b'"' as u64)) | has_zero(w ^ (LO * b'\\' as u64)) != 0
+}
+
+/// True when `bytes` holds nothing JSON must escape, checked 8 bytes at a time (the tail is
+/// padded with a harmless byte).
+#[inline]
+fn is_clean(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        if needs_escape_8(u64::from_le_bytes(w)) {
+            return false;
+        }
+    }
+    let rest = chunks.remainder();
+    if rest.is_empty() {
+        return true;
+    }
+    let mut w = [b'a'; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    !needs_escape_8(u64::from_le_bytes(w))
+}
+
 /// Writes `s` as a JSON string literal.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    if is_clean(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc = ESCAPE[b as usize];

@@ -7,7 +7,6 @@
 use crate::dlq::DeadLetter;
 use crate::envelope::{self, Carriers, Item};
 use crate::error::{ErrorCode, RecordError, Stage};
-use crate::event;
 use crate::json::Src;
 use crate::mapping::{Input, Mappings, Scratch};
 use crate::record::{Position, SourceKind};
@@ -42,6 +41,23 @@ pub struct Normalizer {
     work: Vec<u8>,
     out: Vec<u8>,
     buffers: simd_json::Buffers,
+    bufs: Bufs,
+}
+
+/// Allocations kept from one unit to the next (a tape and the item list borrow the unit's
+/// bytes, so they are stored empty and re-lifetimed for each unit).
+#[derive(Default)]
+struct Bufs {
+    tape: Option<simd_json::Tape<'static>>,
+    items: Vec<Item<'static, 'static>>,
+}
+
+/// Reuses an empty vector's allocation for items of another lifetime.
+fn recycle_items<'a, 'b>(v: Vec<Item<'a, 'a>>) -> Vec<Item<'b, 'b>> {
+    debug_assert!(v.is_empty());
+    v.into_iter()
+        .map(|_| Item::Skipped { reason: "" })
+        .collect()
 }
 
 struct Parts<'a> {
@@ -61,6 +77,7 @@ impl Normalizer {
             work: Vec::with_capacity(4096),
             out: Vec::with_capacity(4096),
             buffers: simd_json::Buffers::new(4096),
+            bufs: Bufs::default(),
         }
     }
 
@@ -72,6 +89,7 @@ impl Normalizer {
             work,
             out,
             buffers,
+            bufs,
         } = self;
         let mut parts = Parts {
             mappings,
@@ -85,6 +103,7 @@ impl Normalizer {
             bytes,
             work,
             buffers,
+            bufs,
             pos,
             None,
             Carriers::default(),
@@ -162,6 +181,7 @@ impl Parts<'_> {
         original: &[u8],
         work: &mut [u8],
         buffers: &mut simd_json::Buffers,
+        bufs: &mut Bufs,
         pos: &Position,
         outer_hint: Option<SourceKind>,
         outer: Carriers<'t, 'i>,
@@ -179,6 +199,7 @@ impl Parts<'_> {
                         &plain,
                         &mut work,
                         &mut buffers,
+                        &mut Bufs::default(),
                         pos,
                         outer_hint,
                         outer_carriers,
@@ -193,22 +214,24 @@ impl Parts<'_> {
                 }
             }
         }
-        let tape = match simd_json::to_tape_with_buffers(work, buffers) {
-            Ok(t) => t,
-            Err(e) => {
-                let err = RecordError::new(
-                    ErrorCode::InvalidJson,
-                    Stage::Decode,
-                    format!("not valid JSON: {e}"),
-                );
-                emit.dead_letter(DeadLetter::new(err, pos.clone(), outer_hint, original));
-                return;
-            }
+        let mut tape = match bufs.tape.take() {
+            Some(t) => t.reset(),
+            None => simd_json::Tape::null().reset(),
         };
+        if let Err(e) = simd_json::fill_tape(work, buffers, &mut tape) {
+            bufs.tape = Some(tape.reset());
+            let err = RecordError::new(
+                ErrorCode::InvalidJson,
+                Stage::Decode,
+                format!("not valid JSON: {e}"),
+            );
+            emit.dead_letter(DeadLetter::new(err, pos.clone(), outer_hint, original));
+            return;
+        }
         let root = Src::root(&tape);
-        let mut items = Vec::new();
+        let mut items = recycle_items(std::mem::take(&mut bufs.items));
         envelope::unwrap(root, &mut items);
-        for item in items {
+        for item in items.drain(..) {
             match item {
                 Item::Record {
                     record,
@@ -255,6 +278,7 @@ impl Parts<'_> {
                         &bytes,
                         &mut work,
                         &mut buffers,
+                        &mut Bufs::default(),
                         &p,
                         hint.or(outer_hint),
                         carriers.or(outer),
@@ -276,6 +300,8 @@ impl Parts<'_> {
                 }
             }
         }
+        bufs.items = recycle_items(items);
+        bufs.tape = Some(tape.reset());
     }
 
     fn record<'t, 'i>(
@@ -322,14 +348,8 @@ impl Parts<'_> {
             Ok(p) => p,
             Err(e) => return emit_dead(emit, e, pos, wanted, record, whole),
         };
-        match plan.map(input, self.scratch) {
-            Ok(ev) => {
-                self.out.clear();
-                ev.encode(self.out);
-                let class_uid = ev
-                    .get("class_uid")
-                    .and_then(event::Out::as_i64)
-                    .unwrap_or(0);
+        match plan.map(input, self.scratch, self.out) {
+            Ok(class_uid) => {
                 emit.event(
                     self.out,
                     EventInfo {

@@ -91,3 +91,8 @@ fn check_source(source: &str) {
 fn cloudtrail_fixtures_match_golden_and_validate() {
     check_source("cloudtrail");
 }
+
+#[test]
+fn k8s_fixtures_match_golden_and_validate() {
+    check_source("k8s");
+}

@@ -7,9 +7,10 @@ use super::plan::{
 };
 use crate::envelope::{Carriers, Wrap};
 use crate::error::{ErrorCode, RecordError, Stage};
-use crate::event::Out;
+use crate::event::{encode_src, Out};
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
+use super::skeleton::{Skeleton, Slots, NEVER};
 use crate::ocsf::{self, OCSF_VERSION};
 use std::borrow::Cow;
 
@@ -17,6 +18,12 @@ use std::borrow::Cow;
 #[derive(Default)]
 pub struct Scratch {
     used: Vec<bool>,
+    /// Per trie node: (record generation, tape start, tape length; 0 = absent). A table asks
+    /// for the same prefixes (userIdentity.*) many times; each is looked up once per record.
+    memo: Vec<[u32; 3]>,
+    generation: u32,
+    /// The event slots and presence bits, kept for their allocations.
+    slots: (Vec<Option<Out<'static, 'static>>>, Vec<bool>),
 }
 
 /// A record and the envelopes it arrived in (read through `@carrier.` / `@element.` paths).
@@ -29,7 +36,34 @@ pub struct Input<'t, 'i> {
 struct Run<'p, 't, 'i, 's> {
     input: Input<'t, 'i>,
     used: &'s mut [bool],
+    memo: &'s mut [[u32; 3]],
+    generation: u32,
     plan: &'p Plan,
+}
+
+/// Where assignments go: the event's slots, or (inside `each`) an element's own small tree.
+enum Target<'a, 'p, 't, 'i> {
+    Slots(&'a mut Slots<'t, 'i>, &'p Skeleton),
+    Tree(&'a mut Out<'t, 'i>),
+}
+
+impl<'t, 'i> Target<'_, '_, 't, 'i> {
+    fn has(&self, path: &[&str], slot: u32) -> bool {
+        match self {
+            Target::Slots(s, _) => s.has(slot),
+            Target::Tree(t) => !path.is_empty() && t.has_path(path),
+        }
+    }
+
+    fn put(&mut self, path: &[&'static str], slot: u32, v: Out<'t, 'i>) {
+        match self {
+            Target::Slots(s, sk) => s.put(sk, slot, v),
+            Target::Tree(t) if path.is_empty() => **t = v,
+            Target::Tree(t) => {
+                t.set(path, v);
+            }
+        }
+    }
 }
 
 fn field_err(f: &FieldP, detail: String) -> RecordError {
@@ -49,7 +83,59 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         }
     }
 
-    fn get(&self, p: &SrcPath, elem: Option<Src<'t, 'i>>) -> Option<Src<'t, 'i>> {
+    /// A record path through the memo: resolves the parent once, then one member scan.
+    fn lookup(&mut self, node: u32) -> Option<Src<'t, 'i>> {
+        let record = self.input.record;
+        if node == RECORD_ROOT {
+            return Some(record);
+        }
+        let m = self.memo[node as usize];
+        if m[0] == self.generation {
+            return (m[2] > 0).then(|| record.at(m[1], m[2]));
+        }
+        let trie = &self.plan.trie;
+        let n = &trie.nodes[node as usize];
+        let (parent, key) = (n.parent, n.key);
+        let parent_value = self.lookup(parent);
+        if let Some(p) = parent_value.filter(|p| p.is_object()) {
+            // One pass over the parent fills every sibling the table asks for: a record's
+            // top level is scanned once, not once per field.
+            let g = self.generation;
+            for &(_, c) in &trie.nodes[parent as usize].children {
+                self.memo[c as usize] = [g, 0, 0];
+            }
+            for (k, v) in p.members() {
+                if let Some(c) = trie.child(parent, k) {
+                    let m = &mut self.memo[c as usize];
+                    if m[2] == 0 {
+                        let (s, l) = v.offset_in(record);
+                        *m = [g, s, l];
+                    }
+                }
+            }
+            let m = self.memo[node as usize];
+            return (m[2] > 0).then(|| record.at(m[1], m[2]));
+        }
+        let found = parent_value.and_then(|p| match p.get(key) {
+            Some(v) => Some(v),
+            None if p.is_array() => p.elements().nth(key.parse::<usize>().ok()?),
+            None => None,
+        });
+        self.memo[node as usize] = match found {
+            Some(v) => {
+                let (s, l) = v.offset_in(record);
+                [self.generation, s, l]
+            }
+            None => [self.generation, 0, 0],
+        };
+        found
+    }
+
+    fn get(&mut self, p: &SrcPath, elem: Option<Src<'t, 'i>>) -> Option<Src<'t, 'i>> {
+        if p.root == Root::Record && elem.is_none() && (p.node as usize) < self.memo.len() {
+            let v = self.lookup(p.node)?;
+            return (!v.is_null() && v.as_str() != Some("")).then_some(v);
+        }
         let mut cur = self.base(p, elem)?;
         for seg in &p.segs {
             // A numeric segment indexes an array (`bindingDeltas.0.action`).
@@ -67,7 +153,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         }
     }
 
-    fn cond(&self, c: &CondP, elem: Option<Src<'t, 'i>>) -> bool {
+    fn cond(&mut self, c: &CondP, elem: Option<Src<'t, 'i>>) -> bool {
         match c {
             CondP::All(v) => v.iter().all(|x| self.cond(x, elem)),
             CondP::Any(v) => v.iter().any(|x| self.cond(x, elem)),
@@ -94,6 +180,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                         };
                         match test {
                             Test::In(l) => l.iter().any(|x| x == s),
+                            Test::InSet(set) => set.contains(s),
                             Test::Prefix(l) => l.iter().any(|x| s.starts_with(x.as_str())),
                             Test::Suffix(l) => l.iter().any(|x| s.ends_with(x.as_str())),
                             Test::Contains(l) => l.iter().any(|x| s.contains(x.as_str())),
@@ -166,15 +253,16 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     return Ok(None);
                 };
                 let mut items = Vec::new();
-                let elems: Vec<Src<'t, 'i>> = if arr.is_array() {
-                    arr.elements().filter(|e| !e.is_null()).collect()
-                } else {
-                    vec![arr]
-                };
+                // An object stands for a one-element array.
+                let single = (!arr.is_array()).then_some(arr);
+                let elems = arr
+                    .elements()
+                    .filter(|e| !e.is_null())
+                    .chain(single);
                 for e in elems {
                     let mut obj = Out::obj();
                     for sub in fields {
-                        self.assign(sub, &mut obj, Some(e))?;
+                        self.assign(sub, &mut Target::Tree(&mut obj), Some(e))?;
                     }
                     if !matches!(&obj, Out::Obj(m) if m.is_empty()) {
                         items.push(obj);
@@ -200,10 +288,10 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
     fn assign(
         &mut self,
         f: &FieldP,
-        target: &mut Out<'t, 'i>,
+        target: &mut Target<'_, '_, 't, 'i>,
         elem: Option<Src<'t, 'i>>,
     ) -> Result<(), RecordError> {
-        if !f.to.is_empty() && target.has_path(&f.to) {
+        if target.has(&f.to, f.slot) {
             return Ok(());
         }
         if let Some(w) = &f.when {
@@ -213,7 +301,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         }
         let Some((mut v, origin)) = self.value(f, elem)? else {
             if let Some(d) = &f.default {
-                target.set(&f.to, Self::constant(d));
+                target.put(&f.to, f.slot, Self::constant(d));
             }
             return Ok(());
         };
@@ -234,7 +322,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 None => return Ok(()),
             }
         }
-        let mut dest: (&[&str], LeafKind) = (&f.to, f.kind);
+        let mut dest: (&[&'static str], LeafKind, u32) = (&f.to, f.kind, f.slot);
         match apply_transform(f.transform, v, origin.map(|o| o.1)) {
             Transformed::Value(x, keep_source) => {
                 v = x;
@@ -243,8 +331,8 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             Transformed::Rejected(orig) => match &f.otherwise {
                 Some((path, kind)) => {
                     v = orig;
-                    dest = (path, *kind);
-                    if target.has_path(path) {
+                    dest = (path, *kind, f.otherwise_slot);
+                    if target.has(path, f.otherwise_slot) {
                         return Ok(());
                     }
                 }
@@ -289,11 +377,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 ),
             )
         })?;
-        if dest.0.is_empty() {
-            *target = v;
-        } else {
-            target.set(dest.0, v);
-        }
+        target.put(dest.0, dest.2, v);
         if consume {
             if let Some((p, _)) = origin {
                 self.mark(p.node);
@@ -302,92 +386,143 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         Ok(())
     }
 
-    /// The parts of `src` no assignment consumed. `skip` is a path left out entirely (the
-    /// payload inside an envelope).
-    fn leftover(
+    /// Writes the parts of `src` no assignment consumed, as JSON; false (and nothing written)
+    /// when nothing is left. `skip` is a path left out entirely (the payload inside an
+    /// envelope). Written straight from the tape: no tree is built for `unmapped`.
+    fn write_leftover(
         &self,
         src: Src<'t, 'i>,
-        node: u32,
+        node: Option<u32>,
         trie: &Trie,
         skip: &[&str],
-    ) -> Option<Out<'t, 'i>> {
-        if self.used[node as usize] || src.is_null() {
-            return None;
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if src.is_null() || node.is_some_and(|n| self.used[n as usize]) {
+            return false;
         }
-        if trie.is_leaf(node) && skip.is_empty() {
-            return Some(Out::Raw(src));
+        let untracked = node.is_none_or(|n| trie.is_leaf(n));
+        if untracked && skip.is_empty() {
+            encode_src(out, src);
+            return true;
         }
         if src.is_object() {
-            let mut members = Vec::new();
-            for (k, v) in src.members() {
-                if v.is_null() {
-                    continue;
-                }
-                let sub_skip: &[&str] = match skip.split_first() {
-                    Some((first, rest)) if *first == k => {
-                        if rest.is_empty() {
-                            continue;
-                        }
-                        rest
-                    }
-                    _ => &[],
-                };
-                match trie.child(node, k) {
-                    None if sub_skip.is_empty() => members.push((k, Out::Raw(v))),
-                    None => {
-                        if let Some(x) = self.leftover_untracked(v, sub_skip) {
-                            members.push((k, x));
-                        }
-                    }
-                    Some(c) => {
-                        if let Some(x) = self.leftover(v, c, trie, sub_skip) {
-                            members.push((k, x));
-                        }
-                    }
-                }
+            let start = out.len();
+            out.push(b'{');
+            let any = self.write_leftover_members(src, node, trie, skip, out);
+            if !any {
+                out.truncate(start);
+                return false;
             }
-            (!members.is_empty()).then_some(Out::Obj(members))
+            out.push(b'}');
+            true
         } else if src.is_array() {
-            let items: Vec<Option<Out<'t, 'i>>> = src
-                .elements()
-                .filter(|e| !e.is_null())
-                .map(|e| self.leftover(e, node, trie, &[]))
-                .collect();
-            if items.iter().all(Option::is_none) {
-                return None;
+            let start = out.len();
+            out.push(b'[');
+            let mut any = false;
+            for (n, e) in src.elements().filter(|e| !e.is_null()).enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                // Index alignment is kept: a fully used element stays as {}.
+                if self.write_leftover(e, node, trie, &[], out) {
+                    any = true;
+                } else {
+                    out.extend_from_slice(b"{}");
+                }
             }
-            Some(Out::Arr(
-                items
-                    .into_iter()
-                    .map(|x| x.unwrap_or_else(Out::obj))
-                    .collect(),
-            ))
+            if !any {
+                out.truncate(start);
+                return false;
+            }
+            out.push(b']');
+            true
         } else {
-            Some(Out::Raw(src))
+            encode_src(out, src);
+            true
         }
     }
-}
 
-impl<'t, 'i> Run<'_, 't, 'i, '_> {
-    /// `src` minus the `skip` path, where no table path reaches.
-    fn leftover_untracked(&self, src: Src<'t, 'i>, skip: &[&str]) -> Option<Out<'t, 'i>> {
-        let Some((first, rest)) = skip.split_first() else {
-            return (!src.is_null()).then_some(Out::Raw(src));
-        };
-        if !src.is_object() {
-            return Some(Out::Raw(src));
-        }
-        let mut members = Vec::new();
-        for (k, v) in src.members().filter(|(_, v)| !v.is_null()) {
-            if k != *first {
-                members.push((k, Out::Raw(v)));
-            } else if !rest.is_empty() {
-                if let Some(x) = self.leftover_untracked(v, rest) {
-                    members.push((k, x));
+    /// The members part of `write_leftover` for an object, comma-separated, no braces.
+    fn write_leftover_members(
+        &self,
+        src: Src<'t, 'i>,
+        node: Option<u32>,
+        trie: &Trie,
+        skip: &[&str],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let mut any = false;
+        for (k, v) in src.members() {
+            if v.is_null() {
+                continue;
+            }
+            let sub_skip: &[&str] = match skip.split_first() {
+                Some((first, rest)) if *first == k => {
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    rest
                 }
+                _ => &[],
+            };
+            let child = node.and_then(|n| trie.child(n, k));
+            let mark = out.len();
+            if any {
+                out.push(b',');
+            }
+            crate::json::write_str(out, k);
+            out.push(b':');
+            if self.write_leftover(v, child, trie, sub_skip, out) {
+                any = true;
+            } else {
+                out.truncate(mark);
             }
         }
-        (!members.is_empty()).then_some(Out::Obj(members))
+        any
+    }
+
+    /// Appends `,"unmapped":{...}` before the closing brace of an encoded event, when any
+    /// source field was left over.
+    fn append_unmapped(&self, input: &Input<'t, 'i>, trie: &Trie, out: &mut Vec<u8>) {
+        debug_assert_eq!(out.last(), Some(&b'}'));
+        out.pop();
+        let mark = out.len();
+        out.extend_from_slice(b",\"unmapped\":{");
+        let mut any = if input.record.is_object() {
+            self.write_leftover_members(input.record, Some(RECORD_ROOT), trie, &[], out)
+        } else {
+            let m = out.len();
+            out.extend_from_slice(b"\"@record\":");
+            let wrote = self.write_leftover(input.record, Some(RECORD_ROOT), trie, &[], out);
+            if !wrote {
+                out.truncate(m);
+            }
+            wrote
+        };
+        let wraps: [(Option<Wrap>, u32, &str); 2] = [
+            (input.carriers.carrier, CARRIER_ROOT, "@carrier"),
+            (input.carriers.element, ELEMENT_ROOT, "@element"),
+        ];
+        for (wrap, root, key) in wraps {
+            let Some(w) = wrap else { continue };
+            let m = out.len();
+            if any {
+                out.push(b',');
+            }
+            crate::json::write_str(out, key);
+            out.push(b':');
+            if self.write_leftover(w.doc, Some(root), trie, w.payload, out) {
+                any = true;
+            } else {
+                out.truncate(m);
+            }
+        }
+        if any {
+            out.push(b'}');
+        } else {
+            out.truncate(mark);
+        }
+        out.push(b'}');
     }
 }
 
@@ -559,6 +694,7 @@ fn coerce<'t, 'i>(v: Out<'t, 'i>, kind: LeafKind) -> Result<Out<'t, 'i>, String>
         Out::Bool(_) => "boolean",
         Out::Obj(_) => "object",
         Out::Arr(_) => "array",
+        Out::Json(_) => "json",
     };
     match kind {
         LeafKind::Any => Ok(v),
@@ -609,16 +745,18 @@ fn coerce<'t, 'i>(v: Out<'t, 'i>, kind: LeafKind) -> Result<Out<'t, 'i>, String>
 impl Plan {
     /// Does this record look like one of this table's source?
     pub fn detects(&self, input: Input<'_, '_>) -> bool {
-        let mut used = [];
-        let run = Run {
+        // No memo: detection looks at a few fields of records that may not be ours.
+        let mut run = Run {
             input,
-            used: &mut used,
+            used: &mut [],
+            memo: &mut [],
+            generation: 0,
             plan: self,
         };
         run.cond(&self.detect, None)
     }
 
-    fn pick_class<'t, 'i>(&self, run: &Run<'_, 't, 'i, '_>) -> Option<(&ClassP, i64)> {
+    fn pick_class<'t, 'i>(&self, run: &mut Run<'_, 't, 'i, '_>) -> Option<(&ClassP, i64)> {
         let class = self
             .classes
             .iter()
@@ -632,17 +770,31 @@ impl Plan {
         Some((class, activity))
     }
 
-    /// Maps one record to one OCSF event, validated against its class schema.
+    /// Maps one record to one OCSF event, validated against its class schema, and encodes it
+    /// into `out`. Returns the class uid.
     pub fn map<'t, 'i>(
         &self,
         input: Input<'t, 'i>,
         scratch: &mut Scratch,
-    ) -> Result<Out<'t, 'i>, RecordError> {
+        out: &mut Vec<u8>,
+    ) -> Result<i64, RecordError> {
         scratch.used.clear();
         scratch.used.resize(self.trie.nodes.len(), false);
+        if scratch.memo.len() < self.trie.nodes.len() {
+            scratch.memo.resize(self.trie.nodes.len(), [0; 3]);
+        }
+        scratch.generation = scratch.generation.wrapping_add(1);
+        if scratch.generation == 0 {
+            // After 2^32 records, old stamps could match again: start clean.
+            scratch.memo.iter_mut().for_each(|m| *m = [0; 3]);
+            scratch.generation = 1;
+        }
+        let scratch_slots = &mut scratch.slots;
         let mut run = Run {
             input,
             used: &mut scratch.used,
+            memo: &mut scratch.memo,
+            generation: scratch.generation,
             plan: self,
         };
         for (cond, message) in &self.require {
@@ -654,7 +806,7 @@ impl Plan {
                 ));
             }
         }
-        let Some((class, activity)) = self.pick_class(&run) else {
+        let Some((class, activity)) = self.pick_class(&mut run) else {
             return Err(RecordError::new(
                 ErrorCode::WrongShape,
                 Stage::Map,
@@ -665,80 +817,72 @@ impl Plan {
             ));
         };
         let info = class.info;
-        let mut ev = Out::Obj(Vec::with_capacity(24));
-        let act_caption = info.activity_caption(activity).unwrap_or("Other");
-        ev.set(&["class_uid"], Out::Int(info.uid));
-        ev.set(&["class_name"], Out::Str(Cow::Borrowed(info.caption)));
-        ev.set(&["category_uid"], Out::Int(info.category_uid()));
-        ev.set(
-            &["category_name"],
-            Out::Str(Cow::Borrowed(info.category_caption)),
-        );
-        ev.set(&["activity_id"], Out::Int(activity));
-        ev.set(&["activity_name"], Out::Str(Cow::Borrowed(act_caption)));
-        ev.set(&["type_uid"], Out::Int(info.uid * 100 + activity));
-        ev.set(
-            &["type_name"],
-            Out::Str(Cow::Owned(format!("{}: {act_caption}", info.caption))),
-        );
-        for f in &class.fields {
-            run.assign(f, &mut ev, None)?;
-        }
-        for (id_key, caption_key, caption) in [
-            (
-                "severity_id",
-                "severity",
-                ocsf::severity_caption as fn(i64) -> &'static str,
-            ),
-            ("status_id", "status", ocsf::status_caption),
-        ] {
-            if let Some(id) = ev.get(id_key).and_then(Out::as_i64) {
-                if ev.get(caption_key).is_none() {
-                    ev.set(&[caption_key], Out::Str(Cow::Borrowed(caption(id))));
-                }
-            }
-        }
-        ev.set(
-            &["metadata", "version"],
-            Out::Str(Cow::Borrowed(OCSF_VERSION)),
-        );
-        ev.set(
-            &["metadata", "profiles"],
-            Out::Arr(
-                self.profiles
-                    .iter()
-                    .map(|p| Out::Str(Cow::Borrowed(p)))
-                    .collect(),
-            ),
-        );
-        let mut unmapped = match run.leftover(input.record, RECORD_ROOT, &self.trie, &[]) {
-            Some(Out::Obj(m)) => m,
-            Some(other) => vec![("@record", other)],
-            None => Vec::new(),
+        let h = &class.header;
+        let sk = &class.skeleton;
+        let mut slots = Slots {
+            vals: recycle(std::mem::take(&mut scratch_slots.0)),
+            present: std::mem::take(&mut scratch_slots.1),
         };
-        let wraps: [(Option<Wrap>, u32, &str); 2] = [
-            (input.carriers.carrier, CARRIER_ROOT, "@carrier"),
-            (input.carriers.element, ELEMENT_ROOT, "@element"),
-        ];
-        for (wrap, root, key) in wraps {
-            if let Some(w) = wrap {
-                if let Some(x) = run.leftover(w.doc, root, &self.trie, w.payload) {
-                    unmapped.push((key, x));
+        slots.vals.resize_with(sk.nodes.len(), || None);
+        slots.present.clear();
+        slots.present.resize(sk.nodes.len(), false);
+        let result = (|| {
+            let act_caption = info.activity_caption(activity).unwrap_or("Other");
+            let type_name = class
+                .type_names
+                .iter()
+                .find(|(a, _)| *a == activity)
+                .map(|(_, n)| *n)
+                .unwrap_or("");
+            let s = |x: &'static str| Out::Str(Cow::Borrowed(x));
+            slots.put(sk, h.class_uid, Out::Int(info.uid));
+            slots.put(sk, h.class_name, s(info.caption));
+            slots.put(sk, h.category_uid, Out::Int(info.category_uid()));
+            slots.put(sk, h.category_name, s(info.category_caption));
+            slots.put(sk, h.activity_id, Out::Int(activity));
+            slots.put(sk, h.activity_name, s(act_caption));
+            slots.put(sk, h.type_uid, Out::Int(info.uid * 100 + activity));
+            slots.put(sk, h.type_name, s(type_name));
+            for f in &class.fields {
+                run.assign(f, &mut Target::Slots(&mut slots, sk), None)?;
+            }
+            for (id_slot, caption_slot, caption) in [
+                (h.severity_id, h.severity, ocsf::severity_caption as fn(i64) -> &'static str),
+                (h.status_id, h.status, ocsf::status_caption),
+            ] {
+                if id_slot == NEVER || slots.has(caption_slot) {
+                    continue;
+                }
+                if let Some(id) = slots.get(id_slot).and_then(Out::as_i64) {
+                    slots.put(sk, caption_slot, s(caption(id)));
                 }
             }
-        }
-        if !unmapped.is_empty() {
-            ev.set(&["unmapped"], Out::Obj(unmapped));
-        }
-        if let Some(v) = class.schema.validate(&ev) {
-            return Err(RecordError::new(
-                ErrorCode::SchemaViolation,
-                Stage::Validate,
-                format!("{} {}: {v}", info.name, self.origin),
-            ));
-        }
-        Ok(ev)
+            slots.put(sk, h.version, s(OCSF_VERSION));
+            slots.put(sk, h.profiles, Out::Json(class.profiles_json));
+            if let Some(v) = slots.validate(sk, &class.schema) {
+                return Err(RecordError::new(
+                    ErrorCode::SchemaViolation,
+                    Stage::Validate,
+                    format!("{} {}: {v}", info.name, self.origin),
+                ));
+            }
+            out.clear();
+            slots.encode(sk, out);
+            run.append_unmapped(&input, &self.trie, out);
+            Ok(info.uid)
+        })();
+        slots.vals.clear();
+        scratch_slots.0 = recycle(slots.vals);
+        scratch_slots.1 = slots.present;
+        result
     }
+}
+
+/// Reuses a vector's allocation for a different lifetime. The vector is empty, so no value
+/// crosses lifetimes; `collect` on a same-layout `into_iter` keeps the buffer.
+fn recycle<'a, 'b>(v: Vec<Option<Out<'a, 'a>>>) -> Vec<Option<Out<'b, 'b>>> {
+    debug_assert!(v.is_empty());
+    v.into_iter().map(|_| None).collect()
 }
 
 #[cfg(test)]

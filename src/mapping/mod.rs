@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod plan;
+pub mod skeleton;
 pub mod table;
 
 pub use engine::{Input, Scratch};

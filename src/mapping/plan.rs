@@ -3,6 +3,7 @@
 //! source fields it used), regexes compiled, lookups indexed. A table that does not compile is
 //! a startup error naming the file, the line and what is wrong.
 
+use super::skeleton::{Skeleton, NEVER};
 use super::table::{self, Cond, Field, LookupRef, OneOrMany, Table};
 use crate::ocsf::schema::{ClassSchema, LeafKind};
 use crate::ocsf::{self, ClassInfo};
@@ -28,6 +29,11 @@ fn leak(s: &str) -> &'static str {
 #[derive(Debug, Default)]
 pub struct TrieNode {
     pub children: Vec<(&'static str, u32)>,
+    /// The node this one hangs from and the key leading here (roots: themselves, "").
+    pub parent: u32,
+    pub key: &'static str,
+    /// Hash index of `children`, built for nodes with many of them (the record root).
+    pub index: Option<rustc_hash::FxHashMap<&'static str, u32>>,
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +68,12 @@ impl Trie {
                 Some(id) => id,
                 None => {
                     let id = self.nodes.len() as u32;
-                    self.nodes.push(TrieNode::default());
+                    self.nodes.push(TrieNode {
+                        children: Vec::new(),
+                        parent: cur,
+                        key: seg,
+                        index: None,
+                    });
                     self.nodes[cur as usize].children.push((seg, id));
                     id
                 }
@@ -72,8 +83,11 @@ impl Trie {
     }
 
     pub fn child(&self, node: u32, key: &str) -> Option<u32> {
-        self.nodes[node as usize]
-            .children
+        let n = &self.nodes[node as usize];
+        if let Some(ix) = &n.index {
+            return ix.get(key).copied();
+        }
+        n.children
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, id)| *id)
@@ -107,6 +121,8 @@ pub struct SrcPath {
 #[derive(Debug)]
 pub enum Test {
     In(Vec<String>),
+    /// Long `in` lists (class selection by eventName) are hashed.
+    InSet(rustc_hash::FxHashSet<String>),
     Prefix(Vec<String>),
     Suffix(Vec<String>),
     Contains(Vec<String>),
@@ -215,6 +231,30 @@ pub struct FieldP {
     pub default: Option<ConstV>,
     pub otherwise: Option<(Vec<&'static str>, LeafKind)>,
     pub when: Option<CondP>,
+    /// Skeleton leaves of `to` and `otherwise` (NEVER inside `each`, which builds trees).
+    pub slot: u32,
+    pub otherwise_slot: u32,
+    /// The values this field writes may violate the schema in ways coercion cannot rule out.
+    pub check: bool,
+}
+
+/// Skeleton slots the engine itself writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub class_uid: u32,
+    pub class_name: u32,
+    pub category_uid: u32,
+    pub category_name: u32,
+    pub activity_id: u32,
+    pub activity_name: u32,
+    pub type_uid: u32,
+    pub type_name: u32,
+    pub severity_id: u32,
+    pub severity: u32,
+    pub status_id: u32,
+    pub status: u32,
+    pub version: u32,
+    pub profiles: u32,
 }
 
 #[derive(Debug)]
@@ -225,6 +265,12 @@ pub struct ClassP {
     pub activities: Vec<(Option<CondP>, i64)>,
     /// The class's own fields, then the table's common fields.
     pub fields: Vec<FieldP>,
+    pub skeleton: Skeleton,
+    pub header: Header,
+    /// `type_name` per activity id, built once.
+    pub type_names: Vec<(i64, &'static str)>,
+    /// `metadata.profiles` pre-encoded.
+    pub profiles_json: &'static str,
 }
 
 #[derive(Debug)]
@@ -247,11 +293,7 @@ struct Compiler<'a> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+    memchr::memchr_iter(b'\n', &text.as_bytes()[..offset.min(text.len())]).count() + 1
 }
 
 /// Splits `a.b."c.d".e` into segments; quotes allow dots inside a key.
@@ -389,7 +431,11 @@ impl Compiler<'_> {
             }
         };
         let test = if let Some(v) = &c.one_of {
-            Test::In(norm(v))
+            if v.len() > 6 {
+                Test::InSet(norm(v).into_iter().collect())
+            } else {
+                Test::In(norm(v))
+            }
         } else if let Some(v) = &c.eq {
             Test::In(norm(&vec![v.clone()]))
         } else if let Some(v) = &c.prefix {
@@ -639,7 +685,139 @@ impl Compiler<'_> {
                 .transpose()?,
             otherwise,
             when,
+            slot: NEVER,
+            otherwise_slot: NEVER,
+            check: false,
         })
+    }
+
+    /// Lays out the class's output: engine-written header slots first, then every field's
+    /// target in table order; checks constants and lookup values against the schema now, so
+    /// that per event only source-derived values with constraints are checked.
+    fn skeleton(
+        &self,
+        schema: &ClassSchema,
+        fields: &mut [FieldP],
+        class_line: usize,
+        class: &str,
+    ) -> Result<(Skeleton, Header), TableError> {
+        let mut sk = Skeleton::new();
+        let fixed = |sk: &mut Skeleton, path: &[&'static str]| {
+            sk.leaf(schema, path)
+                .map_err(|e| self.err(class_line, format!("class `{class}`: {e}")))
+        };
+        let class_uid = fixed(&mut sk, &["class_uid"])?;
+        let class_name = fixed(&mut sk, &["class_name"])?;
+        let category_uid = fixed(&mut sk, &["category_uid"])?;
+        let category_name = fixed(&mut sk, &["category_name"])?;
+        let activity_id = fixed(&mut sk, &["activity_id"])?;
+        let activity_name = fixed(&mut sk, &["activity_name"])?;
+        let type_uid = fixed(&mut sk, &["type_uid"])?;
+        let type_name = fixed(&mut sk, &["type_name"])?;
+        for f in fields.iter_mut() {
+            let err = |e: String| self.err(f.line, format!("in class `{class}`: {e}"));
+            f.slot = sk.leaf(schema, &f.to).map_err(err)?;
+            if let Some((o, _)) = &f.otherwise {
+                f.otherwise_slot = sk.leaf(schema, o).map_err(err)?;
+            }
+            let leaf_schema = sk.nodes[f.slot as usize].schema;
+            let path = f.to_text;
+            let check_const = |c: &ConstV| -> Result<(), TableError> {
+                let v = match c {
+                    ConstV::Str(s) => crate::event::Out::Str((*s).into()),
+                    ConstV::Int(i) => crate::event::Out::Int(*i),
+                    ConstV::Bool(b) => crate::event::Out::Bool(*b),
+                    ConstV::StrList(l) => crate::event::Out::Arr(
+                        l.iter().map(|s| crate::event::Out::Str((*s).into())).collect(),
+                    ),
+                };
+                match schema.check_at(leaf_schema, &v, path) {
+                    Some(viol) => Err(err(format!("constant is not valid OCSF: {viol}"))),
+                    None => Ok(()),
+                }
+            };
+            let mut needs = schema.needs_check(leaf_schema);
+            if let SourceP::Const(cv) = &f.source {
+                check_const(cv)?;
+                needs = false;
+            }
+            if let Some(d) = &f.default {
+                check_const(d)?;
+            }
+            if let Some(l) = &f.lookup {
+                for v in l.values.values().chain(l.default.iter()) {
+                    check_const(v)?;
+                }
+                needs = false;
+            }
+            if matches!(
+                f.transform,
+                Transform::Datetime | Transform::Ip | Transform::EpochMs | Transform::Present
+            ) {
+                needs = false;
+            }
+            f.check = needs;
+            sk.nodes[f.slot as usize].check |= needs;
+            if f.otherwise_slot != NEVER {
+                let o = f.otherwise_slot as usize;
+                sk.nodes[o].check |= schema.needs_check(sk.nodes[o].schema);
+            }
+        }
+        let existing = |sk: &Skeleton, key: &str| {
+            sk.nodes[0]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| sk.nodes[c as usize].key == key)
+                .unwrap_or(NEVER)
+        };
+        let severity_id = existing(&sk, "severity_id");
+        let severity = match severity_id {
+            NEVER => NEVER,
+            _ => fixed(&mut sk, &["severity"])?,
+        };
+        let status_id = existing(&sk, "status_id");
+        let status = match status_id {
+            NEVER => NEVER,
+            _ => fixed(&mut sk, &["status"])?,
+        };
+        let version = fixed(&mut sk, &["metadata", "version"])?;
+        let profiles = fixed(&mut sk, &["metadata", "profiles"])?;
+        sk.finish(schema);
+        // A required attribute no field can ever write fails every event: say so now.
+        for (id, n) in sk.nodes.iter().enumerate() {
+            if n.leaf {
+                continue;
+            }
+            if let Some((name, _)) = n.required.iter().find(|(_, c)| *c == NEVER) {
+                let at = sk.path(id as u32);
+                return Err(self.err(
+                    class_line,
+                    format!(
+                        "class `{class}`: `{name}` is required in `{at}` but no field assigns it"
+                    ),
+                ));
+            }
+        }
+        Ok((
+            sk,
+            Header {
+                class_uid,
+                class_name,
+                category_uid,
+                category_name,
+                activity_id,
+                activity_name,
+                type_uid,
+                type_name,
+                severity_id,
+                severity,
+                status_id,
+                status,
+                version,
+                profiles,
+            },
+        ))
     }
 
     fn template(&mut self, t: &str, base: u32, line: usize) -> Result<Vec<Piece>, TableError> {
@@ -788,13 +966,31 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
                 e
             })?);
         }
+        let (skeleton, header) = c.skeleton(&schema, &mut fields, line, info.name)?;
+        let type_names = info
+            .activities
+            .iter()
+            .map(|(id, cap)| (*id, leak(&format!("{}: {cap}", info.caption))))
+            .collect();
+        let profiles_json = leak(
+            &serde_json::to_string(&table.profiles).unwrap_or_else(|_| "[]".to_string()),
+        );
         classes.push(ClassP {
             info,
             schema,
             when,
             activities,
             fields,
+            skeleton,
+            header,
+            type_names,
+            profiles_json,
         });
+    }
+    for n in &mut c.trie.nodes {
+        if n.children.len() > 6 {
+            n.index = Some(n.children.iter().copied().collect());
+        }
     }
     Ok(Plan {
         source: kind,

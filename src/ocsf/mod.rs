@@ -186,6 +186,22 @@ pub static CLASSES: &[ClassInfo] = &[
     },
 ];
 
+/// The compiled schema of a class, compiled once per process and shared by all tables.
+pub fn schema_of(
+    info: &'static ClassInfo,
+) -> Result<std::sync::Arc<schema::ClassSchema>, schema::SchemaError> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<Vec<(i64, Arc<schema::ClassSchema>)>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
+    let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, s)) = guard.iter().find(|(uid, _)| *uid == info.uid) {
+        return Ok(s.clone());
+    }
+    let s = Arc::new(schema::ClassSchema::compile(info.name, info.schema_json)?);
+    guard.push((info.uid, s.clone()));
+    Ok(s)
+}
+
 pub fn class_by_name(name: &str) -> Option<&'static ClassInfo> {
     CLASSES.iter().find(|c| c.name == name)
 }

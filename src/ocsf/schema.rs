@@ -9,7 +9,8 @@
 use crate::event::Out;
 use crate::json::Src;
 use regex::Regex;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::HashMap as StdHashMap;
 
 const T_STRING: u8 = 1;
 const T_INTEGER: u8 = 2;
@@ -83,8 +84,10 @@ impl std::fmt::Display for Violation {
 
 struct Compiler<'a> {
     defs: &'a serde_json::Map<String, serde_json::Value>,
+    /// The same patterns (ip_t, email_t) appear inline hundreds of times: compile each once.
+    regexes: StdHashMap<String, Regex>,
     nodes: Vec<SNode>,
-    by_def: HashMap<String, usize>,
+    by_def: StdHashMap<String, usize>,
     class: String,
 }
 
@@ -198,7 +201,15 @@ impl Compiler<'_> {
         }
         if let Some(p) = v.get("pattern").and_then(|p| p.as_str()) {
             // JSON Schema patterns are unanchored ECMA-262; the OCSF ones are regex-crate safe.
-            n.pattern = Some(Regex::new(p).map_err(|e| self.err(format!("pattern {p:?}: {e}")))?);
+            let re = match self.regexes.get(p) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = shared_regex(p).map_err(|e| self.err(format!("pattern {p:?}: {e}")))?;
+                    self.regexes.insert(p.to_string(), r.clone());
+                    r
+                }
+            };
+            n.pattern = Some(re);
             n.ip_pattern = p.contains("25[0-5]") && p.contains("[0-9A-Fa-f]{1,4}");
         }
         if let Some(items) = v.get("items") {
@@ -226,7 +237,8 @@ impl ClassSchema {
         let mut c = Compiler {
             defs,
             nodes: Vec::new(),
-            by_def: HashMap::new(),
+            by_def: StdHashMap::new(),
+            regexes: StdHashMap::new(),
             class: class_name.to_string(),
         };
         let root = c.compile(&v)?;
@@ -282,8 +294,43 @@ impl ClassSchema {
         }
     }
 
+    /// The schema node of attribute `seg` under node `id` (arrays stepped through).
+    pub fn child(&self, id: usize, seg: &str) -> Option<usize> {
+        let mut n = &self.nodes[id];
+        if let Some(items) = n.items {
+            n = &self.nodes[items];
+        }
+        n.props.get(seg).copied()
+    }
+
+    /// The object constraints of a node: required names, anyOf and oneOf alternatives.
+    pub fn requirements(&self, id: usize) -> (&[String], &[Vec<String>], &[Vec<String>]) {
+        let n = &self.nodes[id];
+        (&n.required, &n.any_of, &n.one_of)
+    }
+
+    /// True when a value of the engine's coerced type could still be invalid here (enums,
+    /// patterns, bounds, nested structure): only such leaves are checked per event.
+    pub fn needs_check(&self, id: usize) -> bool {
+        let n = &self.nodes[id];
+        n.enum_i.is_some()
+            || n.enum_s.is_some()
+            || n.pattern.is_some()
+            || n.max_len.is_some()
+            || n.minimum.is_some()
+            || n.maximum.is_some()
+            || !n.props.is_empty()
+            || n.items.is_some()
+    }
+
+    /// Checks a value at a schema node; `path` names it in the violation.
+    pub fn check_at(&self, id: usize, v: &Out<'_, '_>, path: &str) -> Option<Violation> {
+        let mut p = path.to_string();
+        self.check_out(id, v, &mut p).err()
+    }
+
     /// The schema node at `path`; None inside a free-form object.
-    fn node_of(&self, path: &str) -> Result<Option<usize>, String> {
+    pub fn node_of(&self, path: &str) -> Result<Option<usize>, String> {
         let mut id = 0usize;
         for seg in path.split('.') {
             let mut n = &self.nodes[id];
@@ -384,6 +431,7 @@ impl ClassSchema {
         let n = &self.nodes[id];
         match v {
             Out::Raw(src) => self.check_src(id, *src, path),
+            Out::Json(_) => Ok(()),
             Out::Str(s) => self.check_str(n, s, path),
             Out::Int(i) => self.check_int(n, *i, path),
             Out::Bool(_) => {
@@ -533,6 +581,22 @@ impl ClassSchema {
         }
         Ok(())
     }
+}
+
+/// Patterns are shared by every class schema: compile each once per process.
+fn shared_regex(p: &str) -> Result<Regex, regex::Error> {
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<StdHashMap<String, Regex>>> = OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(|| Mutex::new(StdHashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache.get(p) {
+        return Ok(r.clone());
+    }
+    let r = Regex::new(p)?;
+    cache.insert(p.to_string(), r.clone());
+    Ok(r)
 }
 
 fn type_list(t: u8) -> String {

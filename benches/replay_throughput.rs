@@ -1,0 +1,133 @@
+//! `cargo bench --bench replay_throughput`: generates corpora from the fixtures and prints, in
+//! one run, events/s and CPU time of `auditnorm replay` (the library path the CLI runs) next to
+//! the floor: parsing each line with simd-json and serializing it back, no mapping at all.
+//!
+//! Env: AUDITNORM_BENCH_RECORDS (default 200000), AUDITNORM_BENCH_SOURCES (default
+//! "cloudtrail,gcp,azure,k8s"). Throughput is per core: the replay is single-threaded and CPU
+//! time is the thread's own (/proc/thread-self/schedstat), so a noisy neighbour inflates wall
+//! time but not the per-core figure.
+
+use auditnorm::mapping::Mappings;
+use auditnorm::replay::{self, ReplayOptions};
+use auditnorm::sink::file::Target;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[path = "corpus.rs"]
+mod corpus;
+
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0)
+}
+
+struct Run {
+    records: u64,
+    wall: f64,
+    cpu: f64,
+}
+
+impl Run {
+    fn per_core(&self) -> f64 {
+        self.records as f64 / self.cpu.max(1e-9)
+    }
+}
+
+fn measure(f: impl FnOnce() -> u64) -> Run {
+    let (c0, t0) = (thread_cpu_ns(), Instant::now());
+    let records = f();
+    Run {
+        records,
+        wall: t0.elapsed().as_secs_f64(),
+        cpu: (thread_cpu_ns() - c0) as f64 / 1e9,
+    }
+}
+
+fn floor(path: &PathBuf) -> u64 {
+    let f = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path).unwrap());
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create("/dev/null").unwrap());
+    let mut n = 0;
+    let mut buf = Vec::new();
+    let mut ser = Vec::new();
+    for line in f.split(b'\n') {
+        let line = line.unwrap();
+        if line.is_empty() {
+            continue;
+        }
+        buf.clear();
+        buf.extend_from_slice(&line);
+        let v = simd_json::to_borrowed_value(&mut buf).expect("corpus is JSON");
+        ser.clear();
+        simd_json::prelude::Writable::write(&v, &mut ser).unwrap();
+        out.write_all(&ser).unwrap();
+        out.write_all(b"\n").unwrap();
+        n += 1;
+    }
+    out.flush().unwrap();
+    n
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse.
+    let n: usize = std::env::var("AUDITNORM_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let sources = std::env::var("AUDITNORM_BENCH_SOURCES")
+        .unwrap_or_else(|_| "cloudtrail,gcp,azure,k8s".into());
+    let dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mappings = Arc::new(Mappings::load(None).expect("tables"));
+    println!(
+        "{:<11} {:>8} {:>7} | {:>13} {:>8} | {:>13} {:>8} | {:>6}",
+        "source", "records", "mean B", "floor ev/s/c", "cpu s", "replay ev/s/c", "cpu s", "ratio"
+    );
+    for source in sources.split(',') {
+        let (lines, mean) = match source {
+            "cloudtrail" => corpus::cloudtrail_lines(n),
+            other => corpus::source_lines(&format!("tests/fixtures/{other}"), n),
+        };
+        let path = dir.join(format!("{source}.ndjson"));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        drop(lines);
+        // Warm the page cache and the allocator once.
+        floor(&path);
+        let fl = measure(|| floor(&path));
+        let dlq = dir.join(format!("{source}.dlq.ndjson"));
+        let opts = ReplayOptions {
+            paths: vec![path.display().to_string()],
+            source: None,
+            output: Target::File("/dev/null".into()),
+            dlq: Target::File(dlq.clone()),
+            progress: false,
+        };
+        let mut dead = 0;
+        let rp = measure(|| {
+            let s = replay::run(&opts, mappings.clone()).expect("replay");
+            dead = s.dead_letters;
+            s.records()
+        });
+        println!(
+            "{:<11} {:>8} {:>7} | {:>13.0} {:>8.3} | {:>13.0} {:>8.3} | {:>5.2}x{}",
+            source,
+            rp.records,
+            mean,
+            fl.per_core(),
+            fl.cpu,
+            rp.per_core(),
+            rp.cpu,
+            fl.per_core() / rp.per_core(),
+            if dead > 0 {
+                format!("  ({dead} dead letters, see {})", dlq.display())
+            } else {
+                String::new()
+            }
+        );
+        let _ = (fl.wall, rp.wall);
+    }
+    println!("target: replay >= 300000 ev/s per core, within 1.5x of the floor");
+}
