@@ -94,10 +94,8 @@ pub fn cloudtrail_lines(n: usize) -> (Vec<String>, usize) {
     let mut total = 0usize;
     for i in 0..n {
         let mut r = templates[i % templates.len()].clone();
-        r["eventID"] = serde_json::Value::String(format!(
-            "{:08x}-0000-4000-8000-{:012x}",
-            i as u32, i
-        ));
+        r["eventID"] =
+            serde_json::Value::String(format!("{:08x}-0000-4000-8000-{:012x}", i as u32, i));
         let line = serde_json::to_string(&r).expect("json");
         total += line.len();
         lines.push(line);

@@ -356,7 +356,8 @@ fn aks_log<'i>(el: Src<'_, 'i>) -> Option<&'i str> {
 
 fn top_aks_log<'i>(top: &Top<'_, 'i>) -> Option<&'i str> {
     let category = top.category?.as_str()?;
-    if !category.eq_ignore_ascii_case("kube-audit") && !category.eq_ignore_ascii_case("kube-audit-admin")
+    if !category.eq_ignore_ascii_case("kube-audit")
+        && !category.eq_ignore_ascii_case("kube-audit-admin")
     {
         return None;
     }

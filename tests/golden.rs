@@ -93,6 +93,16 @@ fn cloudtrail_fixtures_match_golden_and_validate() {
 }
 
 #[test]
+fn gcp_fixtures_match_golden_and_validate() {
+    check_source("gcp");
+}
+
+#[test]
+fn azure_fixtures_match_golden_and_validate() {
+    check_source("azure");
+}
+
+#[test]
 fn k8s_fixtures_match_golden_and_validate() {
     check_source("k8s");
 }

@@ -2,17 +2,20 @@
 //! every source field that no assignment consumed into `unmapped`, and validate the result.
 
 use super::plan::{
-    ClassP, CondP, ConstV, FieldP, Piece, Plan, Root, SourceP, SrcPath, Test, Transform, Trie,
+    CondP, ConstV, FieldP, Piece, Plan, Root, SourceP, SrcPath, Test, Transform, Trie,
     CARRIER_ROOT, ELEMENT_ROOT, RECORD_ROOT,
 };
+use super::skeleton::{Skeleton, Slots, NEVER};
 use crate::envelope::{Carriers, Wrap};
 use crate::error::{ErrorCode, RecordError, Stage};
 use crate::event::{encode_src, Out};
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
-use super::skeleton::{Skeleton, Slots, NEVER};
 use crate::ocsf::{self, OCSF_VERSION};
 use std::borrow::Cow;
+
+/// (plan id, decision key values) -> (class index, activity id).
+type DecisionCache = rustc_hash::FxHashMap<(u32, Box<[u8]>), (u32, i64)>;
 
 /// Per-lane scratch space reused across records.
 #[derive(Default)]
@@ -22,6 +25,12 @@ pub struct Scratch {
     /// for the same prefixes (userIdentity.*) many times; each is looked up once per record.
     memo: Vec<[u32; 3]>,
     generation: u32,
+    /// Trie child of each member of the record's top level, in member order (u32::MAX when
+    /// none), filled by the first lookup and reused when writing `unmapped`.
+    root_children: Vec<u32>,
+    /// (class index, activity) by plan id and the values of the plan's decision keys.
+    decisions: DecisionCache,
+    key: Vec<u8>,
     /// The event slots and presence bits, kept for their allocations.
     slots: (Vec<Option<Out<'static, 'static>>>, Vec<bool>),
 }
@@ -35,6 +44,7 @@ pub struct Input<'t, 'i> {
 
 struct Run<'p, 't, 'i, 's> {
     input: Input<'t, 'i>,
+    root_children: Option<&'s mut Vec<u32>>,
     used: &'s mut [bool],
     memo: &'s mut [[u32; 3]],
     generation: u32,
@@ -104,8 +114,20 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             for &(_, c) in &trie.nodes[parent as usize].children {
                 self.memo[c as usize] = [g, 0, 0];
             }
+            let mut roots = if parent == RECORD_ROOT {
+                self.root_children.as_deref_mut()
+            } else {
+                None
+            };
+            if let Some(r) = roots.as_deref_mut() {
+                r.clear();
+            }
             for (k, v) in p.members() {
-                if let Some(c) = trie.child(parent, k) {
+                let child = trie.child(parent, k);
+                if let Some(r) = roots.as_deref_mut() {
+                    r.push(child.unwrap_or(u32::MAX));
+                }
+                if let Some(c) = child {
                     let m = &mut self.memo[c as usize];
                     if m[2] == 0 {
                         let (s, l) = v.offset_in(record);
@@ -182,6 +204,9 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                             Test::In(l) => l.iter().any(|x| x == s),
                             Test::InSet(set) => set.contains(s),
                             Test::Prefix(l) => l.iter().any(|x| s.starts_with(x.as_str())),
+                            Test::PrefixByByte(b) => s.as_bytes().first().is_some_and(|c| {
+                                b[*c as usize].iter().any(|x| s.starts_with(x.as_str()))
+                            }),
                             Test::Suffix(l) => l.iter().any(|x| s.ends_with(x.as_str())),
                             Test::Contains(l) => l.iter().any(|x| s.contains(x.as_str())),
                             Test::Matches(re) => re.is_match(s),
@@ -255,10 +280,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 let mut items = Vec::new();
                 // An object stands for a one-element array.
                 let single = (!arr.is_array()).then_some(arr);
-                let elems = arr
-                    .elements()
-                    .filter(|e| !e.is_null())
-                    .chain(single);
+                let elems = arr.elements().filter(|e| !e.is_null()).chain(single);
                 for e in elems {
                     let mut obj = Out::obj();
                     for sub in fields {
@@ -452,7 +474,12 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         out: &mut Vec<u8>,
     ) -> bool {
         let mut any = false;
-        for (k, v) in src.members() {
+        // The record's top level: trie children were found by the lookups already.
+        let known: Option<&[u32]> = match (&self.root_children, node) {
+            (Some(r), Some(RECORD_ROOT)) if r.len() == src.len() && skip.is_empty() => Some(r),
+            _ => None,
+        };
+        for (i, (k, v)) in src.members().enumerate() {
             if v.is_null() {
                 continue;
             }
@@ -465,7 +492,13 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 }
                 _ => &[],
             };
-            let child = node.and_then(|n| trie.child(n, k));
+            let child = match known {
+                Some(r) => (r[i] != u32::MAX).then_some(r[i]),
+                None => node.and_then(|n| trie.child(n, k)),
+            };
+            if child.is_some_and(|c| self.used[c as usize]) {
+                continue;
+            }
             let mark = out.len();
             if any {
                 out.push(b',');
@@ -748,6 +781,7 @@ impl Plan {
         // No memo: detection looks at a few fields of records that may not be ours.
         let mut run = Run {
             input,
+            root_children: None,
             used: &mut [],
             memo: &mut [],
             generation: 0,
@@ -756,18 +790,64 @@ impl Plan {
         run.cond(&self.detect, None)
     }
 
-    fn pick_class<'t, 'i>(&self, run: &mut Run<'_, 't, 'i, '_>) -> Option<(&ClassP, i64)> {
-        let class = self
+    fn pick_class<'t, 'i>(&self, run: &mut Run<'_, 't, 'i, '_>) -> Option<(usize, i64)> {
+        let (idx, class) = self
             .classes
             .iter()
-            .find(|c| c.when.as_ref().is_none_or(|w| run.cond(w, None)))?;
+            .enumerate()
+            .find(|(_, c)| c.when.as_ref().is_none_or(|w| run.cond(w, None)))?;
         let activity = class
             .activities
             .iter()
             .find(|(w, _)| w.as_ref().is_none_or(|w| run.cond(w, None)))
             .map(|(_, id)| *id)
             .unwrap_or(99);
-        Some((class, activity))
+        Some((idx, activity))
+    }
+
+    /// `pick_class` through the lane's decision cache when the rules allow it.
+    fn decide<'t, 'i>(
+        &self,
+        run: &mut Run<'_, 't, 'i, '_>,
+        cache: &mut DecisionCache,
+        key: &mut Vec<u8>,
+    ) -> Option<(usize, i64)> {
+        let Some(paths) = &self.decision_keys else {
+            return self.pick_class(run);
+        };
+        key.clear();
+        for p in paths {
+            match run.get(p, None) {
+                None => key.push(0),
+                Some(v) => match v.as_str() {
+                    // Length-prefixed, so that ("ab","c") and ("a","bc") differ.
+                    Some(s) => {
+                        key.push(1);
+                        key.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                        key.extend_from_slice(s.as_bytes());
+                    }
+                    // Conditions only test strings' values; other types by their kind.
+                    None => key.push(match v.type_name() {
+                        "object" => 2,
+                        "array" => 3,
+                        "boolean" => 4,
+                        _ => 5,
+                    }),
+                },
+            }
+        }
+        if let Some(&(c, a)) = cache.get(&(self.id, key.as_slice().into())) {
+            return Some((c as usize, a));
+        }
+        let decided = self.pick_class(run)?;
+        // Bounded: a source with unbounded distinct values must not grow memory.
+        if cache.len() < 65_536 {
+            cache.insert(
+                (self.id, key.as_slice().into()),
+                (decided.0 as u32, decided.1),
+            );
+        }
+        Some(decided)
     }
 
     /// Maps one record to one OCSF event, validated against its class schema, and encodes it
@@ -790,8 +870,12 @@ impl Plan {
             scratch.generation = 1;
         }
         let scratch_slots = &mut scratch.slots;
+        let decisions = &mut scratch.decisions;
+        let key = &mut scratch.key;
+        scratch.root_children.clear();
         let mut run = Run {
             input,
+            root_children: Some(&mut scratch.root_children),
             used: &mut scratch.used,
             memo: &mut scratch.memo,
             generation: scratch.generation,
@@ -806,7 +890,7 @@ impl Plan {
                 ));
             }
         }
-        let Some((class, activity)) = self.pick_class(&mut run) else {
+        let Some((class_idx, activity)) = self.decide(&mut run, decisions, key) else {
             return Err(RecordError::new(
                 ErrorCode::WrongShape,
                 Stage::Map,
@@ -816,6 +900,7 @@ impl Plan {
                 ),
             ));
         };
+        let class = &self.classes[class_idx];
         let info = class.info;
         let h = &class.header;
         let sk = &class.skeleton;
@@ -847,7 +932,11 @@ impl Plan {
                 run.assign(f, &mut Target::Slots(&mut slots, sk), None)?;
             }
             for (id_slot, caption_slot, caption) in [
-                (h.severity_id, h.severity, ocsf::severity_caption as fn(i64) -> &'static str),
+                (
+                    h.severity_id,
+                    h.severity,
+                    ocsf::severity_caption as fn(i64) -> &'static str,
+                ),
                 (h.status_id, h.status, ocsf::status_caption),
             ] {
                 if id_slot == NEVER || slots.has(caption_slot) {

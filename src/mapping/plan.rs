@@ -32,8 +32,9 @@ pub struct TrieNode {
     /// The node this one hangs from and the key leading here (roots: themselves, "").
     pub parent: u32,
     pub key: &'static str,
-    /// Hash index of `children`, built for nodes with many of them (the record root).
-    pub index: Option<rustc_hash::FxHashMap<&'static str, u32>>,
+    /// Index of `children` for nodes with many of them (the record root): buckets keyed by
+    /// length and first and last byte, so a lookup compares one or two keys, no hashing.
+    pub index: Option<Box<Buckets>>,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +45,17 @@ pub struct Trie {
 pub const RECORD_ROOT: u32 = 0;
 pub const CARRIER_ROOT: u32 = 1;
 pub const ELEMENT_ROOT: u32 = 2;
+
+/// Trie children by `bucket(key)`.
+pub type Buckets = [Vec<(&'static str, u32)>; 64];
+
+fn bucket(key: &str) -> usize {
+    let b = key.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => (b.len() * 7 + *f as usize * 3 + *l as usize) & 63,
+        _ => 0,
+    }
+}
 
 impl Trie {
     fn new() -> Trie {
@@ -85,7 +97,10 @@ impl Trie {
     pub fn child(&self, node: u32, key: &str) -> Option<u32> {
         let n = &self.nodes[node as usize];
         if let Some(ix) = &n.index {
-            return ix.get(key).copied();
+            return ix[bucket(key)]
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, id)| *id);
         }
         n.children
             .iter()
@@ -121,6 +136,8 @@ pub struct SrcPath {
 #[derive(Debug)]
 pub enum Test {
     In(Vec<String>),
+    /// Prefix lists bucketed by first byte: activity rules list dozens of verbs.
+    PrefixByByte(Box<[Vec<String>; 256]>),
     /// Long `in` lists (class selection by eventName) are hashed.
     InSet(rustc_hash::FxHashSet<String>),
     Prefix(Vec<String>),
@@ -153,7 +170,7 @@ pub enum ConstV {
 
 #[derive(Debug)]
 pub struct LookupP {
-    pub values: HashMap<String, ConstV>,
+    pub values: rustc_hash::FxHashMap<String, ConstV>,
     pub ignore_case: bool,
     pub default: Option<ConstV>,
 }
@@ -282,6 +299,28 @@ pub struct Plan {
     pub classes: Vec<ClassP>,
     pub trie: Trie,
     pub profiles: Vec<&'static str>,
+    /// The record fields the class and activity rules read. When they are few, plain record
+    /// paths, the (class, activity) decision is a function of their values and is cached per
+    /// lane: CloudTrail decides by eventName alone, and there are only so many eventNames.
+    pub decision_keys: Option<Vec<SrcPath>>,
+    /// Distinguishes plans in a lane's decision cache.
+    pub id: u32,
+}
+
+fn collect_paths(c: &CondP, out: &mut Vec<SrcPath>) -> bool {
+    match c {
+        CondP::All(v) | CondP::Any(v) => v.iter().all(|x| collect_paths(x, out)),
+        CondP::Not(x) => collect_paths(x, out),
+        CondP::Test { path, .. } => {
+            if path.root != Root::Record || path.segs.iter().any(|s| s.parse::<usize>().is_ok()) {
+                return false;
+            }
+            if !out.iter().any(|p| p.node == path.node) {
+                out.push(path.clone());
+            }
+            true
+        }
+    }
 }
 
 struct Compiler<'a> {
@@ -439,7 +478,17 @@ impl Compiler<'_> {
         } else if let Some(v) = &c.eq {
             Test::In(norm(&vec![v.clone()]))
         } else if let Some(v) = &c.prefix {
-            Test::Prefix(norm(v))
+            let v = norm(v);
+            if v.len() > 6 && v.iter().all(|p| !p.is_empty()) {
+                let mut buckets: Box<[Vec<String>; 256]> =
+                    Box::new(std::array::from_fn(|_| Vec::new()));
+                for p in v {
+                    buckets[p.as_bytes()[0] as usize].push(p);
+                }
+                Test::PrefixByByte(buckets)
+            } else {
+                Test::Prefix(v)
+            }
         } else if let Some(v) = &c.suffix {
             Test::Suffix(norm(v))
         } else if let Some(v) = &c.contains {
@@ -492,7 +541,7 @@ impl Compiler<'_> {
     }
 
     fn lookup(&self, l: &table::Lookup, line: usize) -> Result<LookupP, TableError> {
-        let mut values = HashMap::new();
+        let mut values = rustc_hash::FxHashMap::default();
         for (k, v) in &l.values {
             let key = if l.ignore_case {
                 k.to_ascii_lowercase()
@@ -728,7 +777,9 @@ impl Compiler<'_> {
                     ConstV::Int(i) => crate::event::Out::Int(*i),
                     ConstV::Bool(b) => crate::event::Out::Bool(*b),
                     ConstV::StrList(l) => crate::event::Out::Arr(
-                        l.iter().map(|s| crate::event::Out::Str((*s).into())).collect(),
+                        l.iter()
+                            .map(|s| crate::event::Out::Str((*s).into()))
+                            .collect(),
                     ),
                 };
                 match schema.check_at(leaf_schema, &v, path) {
@@ -972,9 +1023,8 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
             .iter()
             .map(|(id, cap)| (*id, leak(&format!("{}: {cap}", info.caption))))
             .collect();
-        let profiles_json = leak(
-            &serde_json::to_string(&table.profiles).unwrap_or_else(|_| "[]".to_string()),
-        );
+        let profiles_json =
+            leak(&serde_json::to_string(&table.profiles).unwrap_or_else(|_| "[]".to_string()));
         classes.push(ClassP {
             info,
             schema,
@@ -987,9 +1037,23 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
             profiles_json,
         });
     }
+    let mut keys = Vec::new();
+    let cacheable = classes.iter().all(|cl: &ClassP| {
+        cl.when.as_ref().is_none_or(|w| collect_paths(w, &mut keys))
+            && cl
+                .activities
+                .iter()
+                .all(|(w, _)| w.as_ref().is_none_or(|w| collect_paths(w, &mut keys)))
+    });
+    let decision_keys = (cacheable && keys.len() <= 4).then_some(keys);
+    static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     for n in &mut c.trie.nodes {
         if n.children.len() > 6 {
-            n.index = Some(n.children.iter().copied().collect());
+            let mut ix: Box<Buckets> = Box::new(std::array::from_fn(|_| Vec::new()));
+            for &(k, id) in &n.children {
+                ix[bucket(k)].push((k, id));
+            }
+            n.index = Some(ix);
         }
     }
     Ok(Plan {
@@ -1000,6 +1064,8 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
         classes,
         trie: c.trie,
         profiles: table.profiles.iter().map(|p| leak(p)).collect(),
+        decision_keys,
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 

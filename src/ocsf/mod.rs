@@ -191,7 +191,8 @@ pub fn schema_of(
     info: &'static ClassInfo,
 ) -> Result<std::sync::Arc<schema::ClassSchema>, schema::SchemaError> {
     use std::sync::{Arc, Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<Vec<(i64, Arc<schema::ClassSchema>)>>> = OnceLock::new();
+    type Cache = Mutex<Vec<(i64, Arc<schema::ClassSchema>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, s)) = guard.iter().find(|(uid, _)| *uid == info.uid) {
