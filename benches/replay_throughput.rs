@@ -83,8 +83,18 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let mappings = Arc::new(Mappings::load(None).expect("tables"));
     println!(
-        "{:<11} {:>8} {:>7} | {:>13} {:>8} | {:>13} {:>8} | {:>6}",
-        "source", "records", "mean B", "floor ev/s/c", "cpu s", "replay ev/s/c", "cpu s", "ratio"
+        "{:<11} {:>8} {:>7} | {:>13} {:>8} | {:>13} {:>8} | {:>13} {:>8} {:>7} | {:>6}",
+        "source",
+        "records",
+        "mean B",
+        "floor ev/s/c",
+        "cpu s",
+        "no-redact",
+        "cpu s",
+        "replay ev/s/c",
+        "cpu s",
+        "redact",
+        "ratio"
     );
     for source in sources.split(',') {
         let (lines, mean) = match source {
@@ -98,36 +108,45 @@ fn main() {
         floor(&path);
         let fl = measure(|| floor(&path));
         let dlq = dir.join(format!("{source}.dlq.ndjson"));
-        let opts = ReplayOptions {
-            paths: vec![path.display().to_string()],
-            source: None,
-            output: Target::File("/dev/null".into()),
-            dlq: Target::File(dlq.clone()),
-            progress: false,
-        };
+        let mut runs = Vec::new();
         let mut dead = 0;
-        let rp = measure(|| {
-            let s = replay::run(&opts, mappings.clone()).expect("replay");
-            dead = s.dead_letters;
-            s.records()
-        });
+        for redact in [false, true] {
+            let opts = ReplayOptions {
+                paths: vec![path.display().to_string()],
+                source: None,
+                output: Target::File("/dev/null".into()),
+                dlq: Target::File(dlq.clone()),
+                progress: false,
+                redactor: redact.then(auditnorm::redact::Redactor::builtin),
+                keep_raw_dead_letters: false,
+            };
+            runs.push(measure(|| {
+                let s = replay::run(&opts, mappings.clone()).expect("replay");
+                dead = s.dead_letters;
+                s.records()
+            }));
+        }
+        let (plain, red) = (&runs[0], &runs[1]);
         println!(
-            "{:<11} {:>8} {:>7} | {:>13.0} {:>8.3} | {:>13.0} {:>8.3} | {:>5.2}x{}",
+            "{:<11} {:>8} {:>7} | {:>13.0} {:>8.3} | {:>13.0} {:>8.3} | {:>13.0} {:>8.3} {:>+6.1}% | {:>5.2}x{}",
             source,
-            rp.records,
+            red.records,
             mean,
             fl.per_core(),
             fl.cpu,
-            rp.per_core(),
-            rp.cpu,
-            fl.per_core() / rp.per_core(),
+            plain.per_core(),
+            plain.cpu,
+            red.per_core(),
+            red.cpu,
+            (red.cpu / plain.cpu - 1.0) * 100.0,
+            fl.per_core() / red.per_core(),
             if dead > 0 {
                 format!("  ({dead} dead letters, see {})", dlq.display())
             } else {
                 String::new()
             }
         );
-        let _ = (fl.wall, rp.wall);
+        let _ = (fl.wall, plain.wall, red.wall);
     }
     println!("target: replay >= 300000 ev/s per core, within 1.5x of the floor");
 }

@@ -5,7 +5,50 @@
 //! input buffer.
 
 use crate::json::{self, Src};
+use crate::redact::{RedactionCounts, Redactor, RuleId};
 use std::borrow::Cow;
+
+/// Redaction while encoding: every string of the event passes through the redactor, with the
+/// source key it sits under (key, object and pair rules) where the value is a source subtree.
+pub struct Redact<'a> {
+    pub redactor: &'a Redactor,
+    pub counts: &'a mut RedactionCounts,
+    /// Long strings already found clean in this lane (user agents, ARNs, error messages repeat
+    /// across an audit log); exact strings, bounded, so a hit is never a guess.
+    pub clean: Option<&'a mut CleanCache>,
+}
+
+/// Strings of `CleanCache::MIN_LEN`+ bytes the text rules found nothing in.
+#[derive(Default)]
+pub struct CleanCache {
+    set: rustc_hash::FxHashSet<Box<str>>,
+}
+
+impl CleanCache {
+    const MIN_LEN: usize = 32;
+    const MAX_ENTRIES: usize = 16_384;
+}
+
+impl Redact<'_> {
+    /// The text rules on one string, through the lane's cache of known-clean strings.
+    pub fn text<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
+        let cache = match self.clean.as_deref_mut() {
+            Some(c) if s.len() >= CleanCache::MIN_LEN => c,
+            _ => return self.redactor.redact_text(s, self.counts),
+        };
+        if cache.set.contains(s) {
+            return Cow::Borrowed(s);
+        }
+        let out = self.redactor.redact_text(s, self.counts);
+        if matches!(out, Cow::Borrowed(_)) {
+            if cache.set.len() >= CleanCache::MAX_ENTRIES {
+                cache.set.clear();
+            }
+            cache.set.insert(s.into());
+        }
+        out
+    }
+}
 
 #[derive(Debug, Clone)]
 pub enum Out<'t, 'i> {
@@ -92,6 +135,43 @@ impl<'t, 'i> Out<'t, 'i> {
         }
     }
 
+    /// Appends this value as JSON, redacted when `red` is given.
+    pub fn encode_redacted(&self, out: &mut Vec<u8>, red: Option<&mut Redact<'_>>) {
+        let Some(r) = red else {
+            return self.encode(out);
+        };
+        match self {
+            Out::Str(s) => {
+                let s = r.text(s);
+                json::write_str(out, &s);
+            }
+            Out::Raw(src) => encode_src_redacted(out, *src, None, r),
+            Out::Obj(members) => {
+                out.push(b'{');
+                for (n, (k, v)) in members.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    json::write_str(out, k);
+                    out.push(b':');
+                    v.encode_redacted(out, Some(r));
+                }
+                out.push(b'}');
+            }
+            Out::Arr(items) => {
+                out.push(b'[');
+                for (n, v) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    v.encode_redacted(out, Some(r));
+                }
+                out.push(b']');
+            }
+            Out::Int(_) | Out::Bool(_) | Out::Json(_) => self.encode(out),
+        }
+    }
+
     /// Appends this value as JSON.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
@@ -155,6 +235,122 @@ pub fn encode_src(out: &mut Vec<u8>, v: Src<'_, '_>) {
             json::write_str(out, k);
             out.push(b':');
             encode_src(out, x);
+        }
+        out.push(b'}');
+    }
+}
+
+/// `encode_src` with redaction: the same walk `Redactor::redact_json` does on a tree (object
+/// and pair rules, key rules, `--flag value` pairs in arrays, text rules on every string), done
+/// on the tape while writing, so an event costs no tree and no second pass.
+pub fn encode_src_redacted(
+    out: &mut Vec<u8>,
+    v: Src<'_, '_>,
+    parent: Option<&str>,
+    r: &mut Redact<'_>,
+) {
+    if let Some(s) = v.as_str() {
+        let s = r.text(s);
+        json::write_str(out, &s);
+    } else if let Some(st) = v.as_static() {
+        json::write_static(out, st);
+    } else if v.is_array() {
+        out.push(b'[');
+        let mut first = true;
+        let mut pending: Option<RuleId> = None;
+        for x in v.elements().filter(|x| !x.is_null()) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            if let Some(rule) = pending.take() {
+                // ["--db-password", "S3cret"]: the flag names the next element.
+                if let Some(s) = x.as_str().filter(|s| !s.is_empty() && !s.starts_with('-')) {
+                    let rep = r.redactor.replace_counted(rule, s, r.counts);
+                    json::write_str(out, &rep);
+                    continue;
+                }
+            }
+            pending = x.as_str().and_then(|s| r.redactor.flag_element_rule(s));
+            encode_src_redacted(out, x, parent, r);
+        }
+        out.push(b']');
+    } else {
+        let hits = if r
+            .redactor
+            .object_might_match(&mut v.members().map(|(k, _)| k))
+        {
+            let members: Vec<(&str, Option<&str>)> =
+                v.members().map(|(k, x)| (k, x.as_str())).collect();
+            r.redactor.object_rules(parent, &members)
+        } else {
+            Vec::new()
+        };
+        out.push(b'{');
+        let mut first = true;
+        for (i, (k, x)) in v.members().enumerate() {
+            if x.is_null() {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            json::write_str(out, k);
+            out.push(b':');
+            if let Some(&(_, rule)) = hits.iter().find(|h| h.0 == i) {
+                encode_src_blanked(out, x, rule, r);
+                continue;
+            }
+            match r.redactor.key_rule(k) {
+                Some(rule)
+                    if !(r.redactor.descends_into_containers(rule)
+                        && (x.is_object() || x.is_array())) =>
+                {
+                    encode_src_blanked(out, x, rule, r)
+                }
+                _ => encode_src_redacted(out, x, Some(k), r),
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+/// Every leaf replaced by `rule`'s replacement (what a key rule does to the value under it);
+/// empty strings hold nothing and stay.
+pub fn encode_src_blanked(out: &mut Vec<u8>, v: Src<'_, '_>, rule: RuleId, r: &mut Redact<'_>) {
+    if let Some(s) = v.as_str() {
+        if s.is_empty() {
+            out.extend_from_slice(b"\"\"");
+        } else {
+            let rep = r.redactor.replace_counted(rule, s, r.counts);
+            json::write_str(out, &rep);
+        }
+    } else if let Some(st) = v.as_static() {
+        let mut text = Vec::new();
+        json::write_static(&mut text, st);
+        let rep = r
+            .redactor
+            .replace_counted(rule, &String::from_utf8_lossy(&text), r.counts);
+        json::write_str(out, &rep);
+    } else if v.is_array() {
+        out.push(b'[');
+        for (n, x) in v.elements().filter(|x| !x.is_null()).enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            encode_src_blanked(out, x, rule, r);
+        }
+        out.push(b']');
+    } else {
+        out.push(b'{');
+        for (n, (k, x)) in v.members().filter(|(_, x)| !x.is_null()).enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            json::write_str(out, k);
+            out.push(b':');
+            encode_src_blanked(out, x, rule, r);
         }
         out.push(b'}');
     }

@@ -9,6 +9,7 @@
 //!   - [`mapping`]: tables from `mappings/` compiled into plans and run by the engine;
 //!   - [`ocsf`]: class facts and the schema validator;
 //!   - [`event`]: the event tree and its encoding.
+//! - [`redact`]: secret redaction rules and matching; [`redaction`]: its settings.
 //! - [`dlq`]: the dead-letter record. [`error`]: bounded error codes and stages.
 //! - [`sink`]: outputs. [`replay`]: the `replay` command's lane loop.
 //! - [`json`]: the tape view and JSON writer shared by all of the above.
@@ -22,6 +23,8 @@ pub mod mapping;
 pub mod normalize;
 pub mod ocsf;
 pub mod record;
+pub mod redact;
+pub mod redaction;
 pub mod replay;
 pub mod sink;
 pub mod source;

@@ -69,6 +69,8 @@ enum Command {
         /// Never draw a progress bar, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        #[command(flatten)]
+        redaction: auditnorm::redaction::RedactionArgs,
     },
     /// Check the mapping tables (built-in, or those in --mappings) and exit.
     Validate {
@@ -99,11 +101,22 @@ fn main() -> ExitCode {
             dlq,
             mappings,
             no_progress,
+            redaction,
         } => {
             let mappings = match load(mappings.as_deref()) {
                 Ok(m) => m,
                 Err(code) => return code,
             };
+            let (redactor, notices) = match redaction.build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for n in notices {
+                eprintln!("{n}");
+            }
             let paths = if paths.is_empty() {
                 vec!["samples".to_string()]
             } else {
@@ -115,6 +128,8 @@ fn main() -> ExitCode {
                 output: Target::parse(&output),
                 dlq: dlq.as_deref().map(Target::parse).unwrap_or(Target::Stderr),
                 progress: !no_progress && std::io::stderr().is_terminal(),
+                redactor,
+                keep_raw_dead_letters: redaction.keep_raw_dead_letters,
             };
             match replay::run(&opts, mappings) {
                 Ok(summary) => {

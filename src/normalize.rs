@@ -7,9 +7,11 @@
 use crate::dlq::DeadLetter;
 use crate::envelope::{self, Carriers, Item};
 use crate::error::{ErrorCode, RecordError, Stage};
+use crate::event::{CleanCache, Redact};
 use crate::json::Src;
 use crate::mapping::{Input, Mappings, Scratch};
 use crate::record::{Position, SourceKind};
+use crate::redact::{RedactionCounts, Redactor};
 use std::sync::Arc;
 
 /// What a normalized event is, for sinks, metrics and logs (never its content).
@@ -42,6 +44,7 @@ pub struct Normalizer {
     out: Vec<u8>,
     buffers: simd_json::Buffers,
     bufs: Bufs,
+    redaction: Redaction,
 }
 
 /// Allocations kept from one unit to the next (a tape and the item list borrow the unit's
@@ -65,6 +68,40 @@ struct Parts<'a> {
     forced: Option<SourceKind>,
     scratch: &'a mut Scratch,
     out: &'a mut Vec<u8>,
+    redaction: &'a mut Redaction,
+}
+
+/// The redaction stage's state for one lane: the rules, whether dead letters keep their raw
+/// bytes, and how many secrets each rule removed.
+pub struct Redaction {
+    redactor: Option<Redactor>,
+    keep_raw_dead_letters: bool,
+    counts: RedactionCounts,
+    clean: CleanCache,
+}
+
+impl Redaction {
+    /// Redacts a dead letter's original bytes (unless raw dead letters were asked for).
+    fn dead_letter(&mut self, mut dl: DeadLetter) -> DeadLetter {
+        let Some(r) = self
+            .redactor
+            .as_ref()
+            .filter(|_| !self.keep_raw_dead_letters)
+        else {
+            return dl;
+        };
+        let raw = dl.original_bytes();
+        let mut counts = RedactionCounts::default();
+        let cleaned = r.redact_bytes(&raw, &mut counts);
+        if counts.is_empty() {
+            return dl;
+        }
+        self.counts.merge(&counts);
+        dl.original = Some(String::from_utf8_lossy(&cleaned).into_owned());
+        dl.original_base64 = None;
+        dl.redacted = true;
+        dl
+    }
 }
 
 impl Normalizer {
@@ -78,7 +115,35 @@ impl Normalizer {
             out: Vec::with_capacity(4096),
             buffers: simd_json::Buffers::new(4096),
             bufs: Bufs::default(),
+            redaction: Redaction {
+                redactor: Some(Redactor::builtin()),
+                keep_raw_dead_letters: false,
+                counts: RedactionCounts::default(),
+                clean: CleanCache::default(),
+            },
         }
+    }
+
+    /// Replaces the redaction rules; `None` turns redaction off (tests of the mapping alone).
+    pub fn with_redactor(mut self, redactor: Option<Redactor>) -> Normalizer {
+        self.redaction.redactor = redactor;
+        self
+    }
+
+    /// Keeps dead letters' original bytes unredacted, for a locked-down dead-letter queue.
+    pub fn keep_raw_dead_letters(mut self, keep: bool) -> Normalizer {
+        self.redaction.keep_raw_dead_letters = keep;
+        self
+    }
+
+    /// Secrets removed so far, by rule (for metrics and the replay summary).
+    pub fn redaction_counts(&self) -> &RedactionCounts {
+        &self.redaction.counts
+    }
+
+    /// A dead letter made outside normalization (a truncated file), redacted like the rest.
+    pub fn dead_letter(&mut self, dl: DeadLetter, emit: &mut dyn Emit) {
+        emit.dead_letter(self.redaction.dead_letter(dl));
     }
 
     pub fn normalize(&mut self, bytes: &[u8], pos: &Position, emit: &mut dyn Emit) {
@@ -90,12 +155,14 @@ impl Normalizer {
             out,
             buffers,
             bufs,
+            redaction,
         } = self;
         let mut parts = Parts {
             mappings,
             forced: *forced,
             scratch,
             out,
+            redaction,
         };
         work.clear();
         work.extend_from_slice(bytes);
@@ -209,7 +276,10 @@ impl Parts<'_> {
                 }
                 Err(detail) => {
                     let err = RecordError::new(ErrorCode::TruncatedGzip, Stage::Decode, detail);
-                    emit.dead_letter(DeadLetter::new(err, pos.clone(), outer_hint, original));
+                    self.dead(
+                        emit,
+                        DeadLetter::new(err, pos.clone(), outer_hint, original),
+                    );
                     return;
                 }
             }
@@ -225,7 +295,10 @@ impl Parts<'_> {
                 Stage::Decode,
                 format!("not valid JSON: {e}"),
             );
-            emit.dead_letter(DeadLetter::new(err, pos.clone(), outer_hint, original));
+            self.dead(
+                emit,
+                DeadLetter::new(err, pos.clone(), outer_hint, original),
+            );
             return;
         }
         let root = Src::root(&tape);
@@ -269,7 +342,7 @@ impl Parts<'_> {
                             Stage::Envelope,
                             format!("carriers nested deeper than {MAX_DEPTH} levels"),
                         );
-                        emit.dead_letter(DeadLetter::new(err, p, hint, &bytes));
+                        self.dead(emit, DeadLetter::new(err, p, hint, &bytes));
                         continue;
                     }
                     let mut work = bytes.clone();
@@ -296,7 +369,7 @@ impl Parts<'_> {
                         Some(v) if index.is_some() => original_of(v),
                         _ => original.to_vec(),
                     };
-                    emit.dead_letter(DeadLetter::new(error, p, outer_hint, &bytes));
+                    self.dead(emit, DeadLetter::new(error, p, outer_hint, &bytes));
                 }
             }
         }
@@ -346,9 +419,19 @@ impl Parts<'_> {
         };
         let plan = match plan {
             Ok(p) => p,
-            Err(e) => return emit_dead(emit, e, pos, wanted, record, whole),
+            Err(e) => return self.emit_dead(emit, e, pos, wanted, record, whole),
         };
-        match plan.map(input, self.scratch, self.out) {
+        let mut ev_counts = RedactionCounts::default();
+        let red = self.redaction.redactor.as_ref().map(|r| Redact {
+            redactor: r,
+            counts: &mut ev_counts,
+            clean: Some(&mut self.redaction.clean),
+        });
+        let mapped = plan.map(input, self.scratch, self.out, red);
+        if !ev_counts.is_empty() {
+            self.redaction.counts.merge(&ev_counts);
+        }
+        match mapped {
             Ok(class_uid) => {
                 emit.event(
                     self.out,
@@ -360,24 +443,31 @@ impl Parts<'_> {
                     },
                 );
             }
-            Err(e) => emit_dead(emit, e, pos, Some(plan.source), record, whole),
+            Err(e) => self.emit_dead(emit, e, pos, Some(plan.source), record, whole),
         }
     }
 }
 
-/// `whole`: the unit's own bytes when the record is the whole unit (kept byte for byte);
-/// otherwise the record is re-encoded from the parsed carrier.
-fn emit_dead(
-    emit: &mut dyn Emit,
-    e: RecordError,
-    pos: &Position,
-    source: Option<SourceKind>,
-    record: Src<'_, '_>,
-    whole: Option<&[u8]>,
-) {
-    let bytes = match whole {
-        Some(b) => b.to_vec(),
-        None => original_of(record),
-    };
-    emit.dead_letter(DeadLetter::new(e, pos.clone(), source, &bytes));
+impl Parts<'_> {
+    fn dead(&mut self, emit: &mut dyn Emit, dl: DeadLetter) {
+        emit.dead_letter(self.redaction.dead_letter(dl));
+    }
+
+    /// `whole`: the unit's own bytes when the record is the whole unit (kept byte for byte);
+    /// otherwise the record is re-encoded from the parsed carrier.
+    fn emit_dead(
+        &mut self,
+        emit: &mut dyn Emit,
+        e: RecordError,
+        pos: &Position,
+        source: Option<SourceKind>,
+        record: Src<'_, '_>,
+        whole: Option<&[u8]>,
+    ) {
+        let bytes = match whole {
+            Some(b) => b.to_vec(),
+            None => original_of(record),
+        };
+        self.dead(emit, DeadLetter::new(e, pos.clone(), source, &bytes));
+    }
 }

@@ -25,6 +25,9 @@ pub struct ReplayOptions {
     pub output: Target,
     pub dlq: Target,
     pub progress: bool,
+    /// The redaction rules; `None` turns redaction off.
+    pub redactor: Option<crate::redact::Redactor>,
+    pub keep_raw_dead_letters: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -35,6 +38,8 @@ pub struct Summary {
     pub dead_letters: u64,
     pub skipped: u64,
     pub elapsed: Duration,
+    /// Secrets removed, by redaction rule.
+    pub redactions: Vec<(String, u64)>,
 }
 
 impl Summary {
@@ -61,7 +66,17 @@ impl std::fmt::Display for Summary {
             self.skipped,
             secs,
             rate
-        )
+        )?;
+        if !self.redactions.is_empty() {
+            let total: u64 = self.redactions.iter().map(|(_, n)| n).sum();
+            let rules: Vec<String> = self
+                .redactions
+                .iter()
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
+            write!(f, "; redacted {total} secrets ({})", rules.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -125,7 +140,9 @@ pub fn run(opts: &ReplayOptions, mappings: Arc<Mappings>) -> Result<Summary, Rep
     let files = file::expand(&opts.paths)?;
     let mut out = LineSink::open(opts.output.clone())?;
     let mut dlq = LineSink::open(opts.dlq.clone())?;
-    let mut normalizer = Normalizer::new(mappings, opts.source);
+    let mut normalizer = Normalizer::new(mappings, opts.source)
+        .with_redactor(opts.redactor.clone())
+        .keep_raw_dead_letters(opts.keep_raw_dead_letters);
     let mut summary = Summary::default();
     let sizes: Vec<u64> = files
         .iter()
@@ -179,5 +196,10 @@ pub fn run(opts: &ReplayOptions, mappings: Arc<Mappings>) -> Result<Summary, Rep
     out.flush()?;
     dlq.flush()?;
     summary.elapsed = start.elapsed();
+    summary.redactions = normalizer
+        .redaction_counts()
+        .iter()
+        .map(|(rule, n)| (rule.to_string(), n))
+        .collect();
     Ok(summary)
 }

@@ -8,7 +8,7 @@ use super::plan::{
 use super::skeleton::{Skeleton, Slots, NEVER};
 use crate::envelope::{Carriers, Wrap};
 use crate::error::{ErrorCode, RecordError, Stage};
-use crate::event::{encode_src, Out};
+use crate::event::{encode_src, encode_src_blanked, encode_src_redacted, Out, Redact};
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
 use crate::ocsf::{self, OCSF_VERSION};
@@ -411,26 +411,32 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
     /// Writes the parts of `src` no assignment consumed, as JSON; false (and nothing written)
     /// when nothing is left. `skip` is a path left out entirely (the payload inside an
     /// envelope). Written straight from the tape: no tree is built for `unmapped`.
+    #[allow(clippy::too_many_arguments)]
     fn write_leftover(
         &self,
         src: Src<'t, 'i>,
+        key: Option<&str>,
         node: Option<u32>,
         trie: &Trie,
         skip: &[&str],
         out: &mut Vec<u8>,
+        red: &mut Option<Redact<'_>>,
     ) -> bool {
         if src.is_null() || node.is_some_and(|n| self.used[n as usize]) {
             return false;
         }
         let untracked = node.is_none_or(|n| trie.is_leaf(n));
         if untracked && skip.is_empty() {
-            encode_src(out, src);
+            match red {
+                Some(r) => encode_src_redacted(out, src, key, r),
+                None => encode_src(out, src),
+            }
             return true;
         }
         if src.is_object() {
             let start = out.len();
             out.push(b'{');
-            let any = self.write_leftover_members(src, node, trie, skip, out);
+            let any = self.write_leftover_members(src, key, node, trie, skip, out, red);
             if !any {
                 out.truncate(start);
                 return false;
@@ -446,7 +452,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     out.push(b',');
                 }
                 // Index alignment is kept: a fully used element stays as {}.
-                if self.write_leftover(e, node, trie, &[], out) {
+                if self.write_leftover(e, key, node, trie, &[], out, red) {
                     any = true;
                 } else {
                     out.extend_from_slice(b"{}");
@@ -459,21 +465,39 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             out.push(b']');
             true
         } else {
-            encode_src(out, src);
+            match red {
+                Some(r) => encode_src_redacted(out, src, key, r),
+                None => encode_src(out, src),
+            }
             true
         }
     }
 
     /// The members part of `write_leftover` for an object, comma-separated, no braces.
+    #[allow(clippy::too_many_arguments)]
     fn write_leftover_members(
         &self,
         src: Src<'t, 'i>,
+        key: Option<&str>,
         node: Option<u32>,
         trie: &Trie,
         skip: &[&str],
         out: &mut Vec<u8>,
+        red: &mut Option<Redact<'_>>,
     ) -> bool {
         let mut any = false;
+        // Object and pair rules look at the whole object, used members included.
+        let hits = match red {
+            Some(r)
+                if r.redactor
+                    .object_might_match(&mut src.members().map(|(k, _)| k)) =>
+            {
+                let members: Vec<(&str, Option<&str>)> =
+                    src.members().map(|(k, x)| (k, x.as_str())).collect();
+                r.redactor.object_rules(key, &members)
+            }
+            _ => Vec::new(),
+        };
         // The record's top level: trie children were found by the lookups already.
         let known: Option<&[u32]> = match (&self.root_children, node) {
             (Some(r), Some(RECORD_ROOT)) if r.len() == src.len() && skip.is_empty() => Some(r),
@@ -505,7 +529,20 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             }
             crate::json::write_str(out, k);
             out.push(b':');
-            if self.write_leftover(v, child, trie, sub_skip, out) {
+            if let Some(r) = red.as_mut() {
+                let rule = hits.iter().find(|h| h.0 == i).map(|h| h.1).or_else(|| {
+                    r.redactor.key_rule(k).filter(|&rule| {
+                        !(r.redactor.descends_into_containers(rule)
+                            && (v.is_object() || v.is_array()))
+                    })
+                });
+                if let Some(rule) = rule {
+                    encode_src_blanked(out, v, rule, r);
+                    any = true;
+                    continue;
+                }
+            }
+            if self.write_leftover(v, Some(k), child, trie, sub_skip, out, red) {
                 any = true;
             } else {
                 out.truncate(mark);
@@ -516,17 +553,24 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
 
     /// Appends `,"unmapped":{...}` before the closing brace of an encoded event, when any
     /// source field was left over.
-    fn append_unmapped(&self, input: &Input<'t, 'i>, trie: &Trie, out: &mut Vec<u8>) {
+    fn append_unmapped(
+        &self,
+        input: &Input<'t, 'i>,
+        trie: &Trie,
+        out: &mut Vec<u8>,
+        red: &mut Option<Redact<'_>>,
+    ) {
         debug_assert_eq!(out.last(), Some(&b'}'));
         out.pop();
         let mark = out.len();
         out.extend_from_slice(b",\"unmapped\":{");
         let mut any = if input.record.is_object() {
-            self.write_leftover_members(input.record, Some(RECORD_ROOT), trie, &[], out)
+            self.write_leftover_members(input.record, None, Some(RECORD_ROOT), trie, &[], out, red)
         } else {
             let m = out.len();
             out.extend_from_slice(b"\"@record\":");
-            let wrote = self.write_leftover(input.record, Some(RECORD_ROOT), trie, &[], out);
+            let wrote =
+                self.write_leftover(input.record, None, Some(RECORD_ROOT), trie, &[], out, red);
             if !wrote {
                 out.truncate(m);
             }
@@ -544,7 +588,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             }
             crate::json::write_str(out, key);
             out.push(b':');
-            if self.write_leftover(w.doc, Some(root), trie, w.payload, out) {
+            if self.write_leftover(w.doc, None, Some(root), trie, w.payload, out, red) {
                 any = true;
             } else {
                 out.truncate(m);
@@ -857,6 +901,7 @@ impl Plan {
         input: Input<'t, 'i>,
         scratch: &mut Scratch,
         out: &mut Vec<u8>,
+        mut red: Option<Redact<'_>>,
     ) -> Result<i64, RecordError> {
         scratch.used.clear();
         scratch.used.resize(self.trie.nodes.len(), false);
@@ -956,8 +1001,29 @@ impl Plan {
                 ));
             }
             out.clear();
-            slots.encode(sk, out);
-            run.append_unmapped(&input, &self.trie, out);
+            let before = red.as_ref().map_or(0, |r| r.counts.total());
+            slots.encode(sk, out, red.as_mut());
+            run.append_unmapped(&input, &self.trie, out, &mut red);
+            if let Some(r) = red.as_ref().filter(|r| r.counts.total() > before) {
+                // A value is missing on purpose: say so in the event, and which rules
+                // fired. Rare, so encoding twice is fine; the second pass redacts the
+                // same values again and the counts are restored after it.
+                if h.labels != NEVER {
+                    let mut labels = vec![s("redacted")];
+                    for (rule, _) in r.counts.iter() {
+                        labels.push(Out::Str(Cow::Owned(format!("redacted:{rule}"))));
+                    }
+                    slots.put(sk, h.labels, Out::Arr(labels));
+                    let saved = r.counts.clone();
+                    let mut again = red.take();
+                    out.clear();
+                    slots.encode(sk, out, again.as_mut());
+                    run.append_unmapped(&input, &self.trie, out, &mut again);
+                    if let Some(a) = again {
+                        *a.counts = saved;
+                    }
+                }
+            }
             Ok(info.uid)
         })();
         slots.vals.clear();

@@ -272,6 +272,8 @@ pub struct Header {
     pub status: u32,
     pub version: u32,
     pub profiles: u32,
+    /// `metadata.labels`: set when redaction removed a value from the event.
+    pub labels: u32,
 }
 
 #[derive(Debug)]
@@ -834,6 +836,7 @@ impl Compiler<'_> {
         };
         let version = fixed(&mut sk, &["metadata", "version"])?;
         let profiles = fixed(&mut sk, &["metadata", "profiles"])?;
+        let labels = fixed(&mut sk, &["metadata", "labels"]).unwrap_or(NEVER);
         sk.finish(schema);
         // A required attribute no field can ever write fails every event: say so now.
         for (id, n) in sk.nodes.iter().enumerate() {
@@ -867,6 +870,7 @@ impl Compiler<'_> {
                 status,
                 version,
                 profiles,
+                labels,
             },
         ))
     }

@@ -6,7 +6,7 @@
 //! Doing this work at compile time is what keeps the per-record cost near the parse cost: no
 //! tree to build, no key lookups by name, no schema walk per event.
 
-use crate::event::Out;
+use crate::event::{Out, Redact};
 use crate::json;
 use crate::ocsf::schema::{ClassSchema, Violation};
 
@@ -236,11 +236,17 @@ impl<'t, 'i> Slots<'t, 'i> {
     }
 
     /// Writes the event as one JSON object.
-    pub fn encode(&self, skel: &Skeleton, out: &mut Vec<u8>) {
-        self.encode_node(skel, 0, out);
+    pub fn encode(&self, skel: &Skeleton, out: &mut Vec<u8>, mut red: Option<&mut Redact<'_>>) {
+        self.encode_node(skel, 0, out, &mut red);
     }
 
-    fn encode_node(&self, skel: &Skeleton, id: u32, out: &mut Vec<u8>) {
+    fn encode_node(
+        &self,
+        skel: &Skeleton,
+        id: u32,
+        out: &mut Vec<u8>,
+        red: &mut Option<&mut Redact<'_>>,
+    ) {
         out.push(b'{');
         let mut first = true;
         for &c in &skel.nodes[id as usize].children {
@@ -255,10 +261,10 @@ impl<'t, 'i> Slots<'t, 'i> {
             out.extend_from_slice(n.key_json.as_bytes());
             if n.leaf {
                 if let Some(v) = &self.vals[c as usize] {
-                    v.encode(out);
+                    v.encode_redacted(out, red.as_deref_mut());
                 }
             } else {
-                self.encode_node(skel, c, out);
+                self.encode_node(skel, c, out, red);
             }
         }
         out.push(b'}');

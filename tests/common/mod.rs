@@ -160,15 +160,24 @@ fn scalars_of(v: &serde_json::Value, out: &mut BTreeSet<String>) {
 }
 
 /// Source string values of 4+ characters that appear nowhere in the event. A string that
-/// became a boolean or number of the same text counts as kept (lossless conversion).
+/// became a boolean or number of the same text counts as kept (lossless conversion), and so
+/// does one the built-in redaction rules remove from the source record (a secret).
 pub fn lost_values(source: &serde_json::Value, event: &str) -> Vec<String> {
     let ev: serde_json::Value = serde_json::from_str(event).expect("event JSON");
     let mut have = BTreeSet::new();
     scalars_of(&ev, &mut have);
+    let mut redacted = source.clone();
+    auditnorm::redact::Redactor::builtin().redact_json(
+        &mut redacted,
+        &mut auditnorm::redact::RedactionCounts::default(),
+    );
+    let mut kept_by_redaction = BTreeSet::new();
+    scalars_of(&redacted, &mut kept_by_redaction);
     let mut want = Vec::new();
     strings_of(source, &mut want);
     want.into_iter()
         .filter(|s| s.chars().count() >= 4)
+        .filter(|s| kept_by_redaction.contains(s))
         .filter(|s| !have.contains(s) && !have.contains(&s.to_ascii_lowercase()))
         .collect()
 }
