@@ -811,9 +811,23 @@ impl Compiler<'_> {
             }
             f.check = needs;
             sk.nodes[f.slot as usize].check |= needs;
+            let plain = matches!(f.source, SourceP::Const(_))
+                || f.lookup.is_some()
+                || matches!(
+                    f.transform,
+                    Transform::Datetime | Transform::Ip | Transform::EpochMs | Transform::Present
+                );
+            // Defaults are constants; an `otherwise` slot takes what the transform rejected.
+            {
+                let n = &mut sk.nodes[f.slot as usize];
+                n.sourced |= !plain;
+                n.plain = !n.sourced;
+            }
             if f.otherwise_slot != NEVER {
                 let o = f.otherwise_slot as usize;
                 sk.nodes[o].check |= schema.needs_check(sk.nodes[o].schema);
+                sk.nodes[o].sourced = true;
+                sk.nodes[o].plain = false;
             }
         }
         let existing = |sk: &Skeleton, key: &str| {
@@ -837,6 +851,25 @@ impl Compiler<'_> {
         let version = fixed(&mut sk, &["metadata", "version"])?;
         let profiles = fixed(&mut sk, &["metadata", "profiles"])?;
         let labels = fixed(&mut sk, &["metadata", "labels"]).unwrap_or(NEVER);
+        for id in [
+            class_uid,
+            class_name,
+            category_uid,
+            category_name,
+            activity_id,
+            activity_name,
+            type_uid,
+            type_name,
+            severity,
+            status,
+            version,
+            profiles,
+            labels,
+        ] {
+            if id != NEVER && !sk.nodes[id as usize].sourced {
+                sk.nodes[id as usize].plain = true;
+            }
+        }
         sk.finish(schema);
         // A required attribute no field can ever write fails every event: say so now.
         for (id, n) in sk.nodes.iter().enumerate() {

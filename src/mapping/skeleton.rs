@@ -25,6 +25,11 @@ pub struct SkelNode {
     pub schema: usize,
     /// Leaf: some writer produces values that need a per-event schema check.
     pub check: bool,
+    /// Leaf: every writer produces a constant, a lookup value or a validated format (a
+    /// timestamp, an IP): nothing a secret can hide in, so redaction skips it.
+    pub plain: bool,
+    /// Leaf: some writer copies source text into it (`plain` cannot be set again).
+    pub sourced: bool,
     /// Object: required children, anyOf and oneOf alternatives, as node ids (NEVER when the
     /// table has no way to write that attribute).
     pub required: Vec<(&'static str, u32)>,
@@ -261,7 +266,11 @@ impl<'t, 'i> Slots<'t, 'i> {
             out.extend_from_slice(n.key_json.as_bytes());
             if n.leaf {
                 if let Some(v) = &self.vals[c as usize] {
-                    v.encode_redacted(out, red.as_deref_mut());
+                    if n.plain {
+                        v.encode(out);
+                    } else {
+                        v.encode_redacted(out, red.as_deref_mut());
+                    }
                 }
             } else {
                 self.encode_node(skel, c, out, red);
