@@ -124,8 +124,9 @@ impl UnitSink for LaneUnits<'_, '_> {
 
     fn broken(&mut self, error: RecordError, bytes: &[u8], pos: Position) {
         self.lane.summary.units += 1;
-        self.lane
-            .dead_letter(DeadLetter::new(error, pos, None, bytes));
+        // Through the normalizer, so that the bytes are redacted like every dead letter.
+        self.normalizer
+            .dead_letter(DeadLetter::new(error, pos, None, bytes), self.lane);
     }
 
     fn progress(&mut self, bytes: u64) {

@@ -47,7 +47,8 @@ impl UnitSink for Units<'_> {
         self.n.normalize(bytes, &pos, self.c);
     }
     fn broken(&mut self, error: RecordError, bytes: &[u8], pos: Position) {
-        self.c.dead.push(DeadLetter::new(error, pos, None, bytes));
+        self.n
+            .dead_letter(DeadLetter::new(error, pos, None, bytes), self.c);
     }
 }
 
