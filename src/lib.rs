@@ -14,6 +14,7 @@
 //! - [`sink`]: outputs. [`replay`]: the `replay` command's lane loop.
 //! - [`json`]: the tape view and JSON writer shared by all of the above.
 
+pub mod config;
 pub mod dlq;
 pub mod envelope;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod json;
 pub mod mapping;
 pub mod normalize;
 pub mod ocsf;
+pub mod pipeline;
 pub mod record;
 pub mod redact;
 pub mod redaction;

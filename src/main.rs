@@ -2,6 +2,7 @@
 //! letter, 1 for I/O failures, 2 for usage and configuration errors.
 
 use auditnorm::mapping::Mappings;
+use auditnorm::pipeline;
 use auditnorm::record::SourceKind;
 use auditnorm::replay::{self, ReplayError, ReplayOptions};
 use auditnorm::sink::file::Target;
@@ -72,12 +73,26 @@ enum Command {
         #[command(flatten)]
         redaction: auditnorm::redaction::RedactionArgs,
     },
-    /// Check the mapping tables (built-in, or those in --mappings) and exit.
+    /// Run the always-on pipeline described by a config file (Kafka in, OCSF events out) until
+    /// SIGTERM or Ctrl-C. Exit status 1 when a destination stayed unavailable past the retry
+    /// budget (nothing committed past it), 2 for configuration errors.
+    Run {
+        /// The YAML config file (schema: schemas/config.schema.json).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check the mapping tables (built-in, or those in --mappings) and, with --config, a config
+    /// file; lists every problem found and exits non-zero if there is any.
     Validate {
+        /// A config file for `auditnorm run`; its `mappings` directory is checked too.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A directory of mapping tables (overrides the config file's `mappings`).
         #[arg(long)]
         mappings: Option<PathBuf>,
     },
-    /// Write the JSON Schemas auditnorm publishes (the dead-letter format) into a directory.
+    /// Write the JSON Schemas auditnorm publishes (the dead-letter format and the config file)
+    /// into a directory.
     Schema {
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
@@ -142,27 +157,166 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { mappings } => match load(mappings.as_deref()) {
-            Ok(m) => {
-                for p in m.plans() {
-                    eprintln!("ok: {} ({} classes)", p.origin, p.classes.len());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::Run { config } => run(&config),
+        Command::Validate { config, mappings } => validate(config.as_deref(), mappings),
         Command::Schema { dir } => {
-            let path = dir.join("dead-letter.schema.json");
-            match std::fs::write(&path, auditnorm::dlq::json_schema()) {
-                Ok(()) => {
-                    eprintln!("wrote {}", path.display());
-                    ExitCode::SUCCESS
+            for (name, schema) in [
+                ("dead-letter.schema.json", auditnorm::dlq::json_schema()),
+                ("config.schema.json", auditnorm::config::json_schema()),
+            ] {
+                let path = dir.join(name);
+                match std::fs::write(&path, schema) {
+                    Ok(()) => eprintln!("wrote {}", path.display()),
+                    Err(e) => {
+                        eprintln!("error: cannot write {}: {e}", path.display());
+                        return ExitCode::from(1);
+                    }
                 }
-                Err(e) => {
-                    eprintln!("error: cannot write {}: {e}", path.display());
-                    ExitCode::from(1)
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `auditnorm run --config FILE`.
+fn run(config: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("auditnorm")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Watch the signals first: a SIGTERM during start-up must stop the pipeline, not kill it.
+    let signals = {
+        let _enter = runtime.enter();
+        Signals::watch()
+    };
+    let plan = match auditnorm::config::load(config) {
+        Ok(p) => p,
+        Err(problems) => {
+            eprintln!("error: {} is not a valid config:", config.display());
+            for p in &problems.0 {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let mappings = match load(plan.mappings.as_deref()) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    eprintln!(
+        "auditnorm {}: events to {}, dead letters to {}",
+        env!("CARGO_PKG_VERSION"),
+        pipeline::describe(&plan.output),
+        pipeline::describe(&plan.dead_letter)
+    );
+    let result = runtime.block_on(pipeline::run(&plan, mappings, signals.first()));
+    // Lanes and clients are closed by now; do not wait for stray blocking tasks.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(summary) => {
+            eprintln!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), watched from start-up on.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must be called inside the runtime.
+    fn watch() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind, name| {
+            signal(kind)
+                .map_err(|e| eprintln!("warning: cannot watch {name}: {e}"))
+                .ok()
+        };
+        Signals {
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
+    }
+
+    /// Resolves on the first signal; a second one exits at once (status 130).
+    async fn first(mut self) {
+        self.next().await;
+        eprintln!("notice: stopping: draining in-flight records, then committing (signal again to exit at once)");
+        tokio::spawn(async move {
+            self.next().await;
+            eprintln!("error: stopped without draining; uncommitted records will be read again");
+            std::process::exit(130);
+        });
+    }
+}
+
+/// `auditnorm validate [--config FILE] [--mappings DIR]`: every problem, then the verdict.
+fn validate(config: Option<&std::path::Path>, mappings: Option<PathBuf>) -> ExitCode {
+    let mut problems: Vec<String> = Vec::new();
+    let mut dir = mappings;
+    if let Some(path) = config {
+        match auditnorm::config::load(path) {
+            Ok(plan) => {
+                eprintln!("ok: {}", path.display());
+                dir = dir.or(plan.mappings);
+            }
+            Err(found) => {
+                problems.extend(found.0.iter().map(|p| format!("{}: {p}", path.display())));
+                // Still check the tables the file names, if it could be read that far.
+                if dir.is_none() {
+                    dir = std::fs::read_to_string(path)
+                        .ok()
+                        .and_then(|t| auditnorm::config::parse(&t).ok())
+                        .and_then(|c| c.mappings)
+                        .map(|m| path.parent().unwrap_or(std::path::Path::new(".")).join(m))
+                        .filter(|d| d.is_dir());
                 }
             }
         }
     }
+    match Mappings::load(dir.as_deref()) {
+        Ok(m) => {
+            for p in m.plans() {
+                eprintln!("ok: {} ({} classes)", p.origin, p.classes.len());
+            }
+        }
+        Err(e) => problems.push(format!("mapping tables: {e}")),
+    }
+    if problems.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    eprintln!("{} problem(s) found", problems.len());
+    ExitCode::from(2)
 }

@@ -1,3 +1,4 @@
 //! Where events and dead letters go.
 
 pub mod file;
+pub mod kafka;

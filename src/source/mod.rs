@@ -2,3 +2,4 @@
 //! position.
 
 pub mod file;
+pub mod kafka;

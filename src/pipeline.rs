@@ -1,0 +1,932 @@
+//! `auditnorm run`: the always-on pipeline. Lanes, their in-flight queues and commit points,
+//! retries, shutdown and rebalance. Nothing here knows Kafka: an input (`source/kafka.rs`;
+//! Kinesis next) starts and stops lanes through [`Lanes`], hands each a [`LaneSource`] and a
+//! [`Checkpointer`], and the destinations are a closed set ([`Destination`]).
+//!
+//! # Guarantees
+//!
+//! 1. **Order.** Within one lane (one input partition), events reach the output in input
+//!    order: a lane is one task that normalizes its records one after the other and places all
+//!    of them on one output partition, through an idempotent producer
+//!    (`enable.idempotence=true`, which keeps order across librdkafka's own retries). With
+//!    `partitioning: auto` (the default) input partition p goes to output partition p when the
+//!    output topic has at least as many partitions as the input topic; otherwise the partition
+//!    is the one Kafka's murmur2 partitioner picks for the key `<topic>/<partition>`, which is
+//!    also every event's key. Dead letters are placed the same way on their topic. After a
+//!    failed delivery the lane sends again everything from its commit point (guarantee 3), so
+//!    a run of records can appear twice; the second copy is again in order.
+//! 2. **Commit.** A position is committed only when every record at or before it has been
+//!    acknowledged by the output or by the dead-letter destination. Each lane keeps a FIFO of
+//!    its in-flight records; its commit point is the newest record whose every delivery, and
+//!    every earlier record's, is acknowledged. A failed record holds the commit point where
+//!    it is whatever succeeds after it (unlike vectordotdev/vector#24215). For Kafka the lane
+//!    stores offsets itself (`enable.auto.offset.store=false`, after rust-rdkafka's
+//!    `examples/at_least_once.rs`) and librdkafka commits stored offsets every
+//!    `pipeline.commit_interval`. One lane per partition, each its own tokio task with its own
+//!    commit point, so a slow partition never holds back the commits of another.
+//! 3. **Nothing is dropped.** The dead-letter destination is for bad data only. When the
+//!    output or the dead-letter destination cannot take a write, the lane stops reading,
+//!    lets its in-flight deliveries settle, waits (exponential backoff) and sends again from
+//!    its commit point; it commits nothing past the failure. After `pipeline.retry.budget`
+//!    failed attempts in a row, the pipeline drains the other lanes, commits what they have
+//!    acknowledged and exits non-zero so that its supervisor restarts it.
+//! 4. **Duplicates are identical.** Delivery is at-least-once: after a crash or a retry,
+//!    records after the last commit are sent again. The normalizer is deterministic (no time
+//!    of processing in events), so a duplicate has the same bytes and the same `metadata.uid`.
+//! 5. **Rebalance and shutdown.** On SIGTERM, Ctrl-C, or partitions revoked by a rebalance:
+//!    the affected lanes stop reading, wait up to `pipeline.drain_timeout` for their in-flight
+//!    records, store their commit points, the consumer commits synchronously, and only then
+//!    are the partitions let go (the revoke callback blocks until this is done).
+
+use crate::config::{DestinationPlan, LaneSettings, Plan};
+use crate::dlq::DeadLetter;
+use crate::mapping::Mappings;
+use crate::normalize::{Emit, EventInfo, Normalizer};
+use crate::record::{Position, SourceKind};
+use crate::sink::file::{LineSink, Target};
+use crate::sink::kafka::{self as ksink, KafkaTopic, Placement};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// One unit read from a lane: where it is, and its bytes (kept until acknowledged, so that a
+/// retry can normalize it again).
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub position: Position,
+    pub bytes: Vec<u8>,
+}
+
+/// A lane's identity.
+#[derive(Debug, Clone)]
+pub struct LaneSpec {
+    /// `<topic>/<partition>` for Kafka; unique among running lanes; the output key.
+    pub name: Arc<str>,
+    /// The source kind to force on its records (`None`: detect per record).
+    pub source: Option<SourceKind>,
+    /// The lane's partition and its topic's partition count, when it has them.
+    pub ordinal: Option<(i32, i32)>,
+}
+
+/// The records of one lane, in order. Cancel-safe: dropping the future returned by `next`
+/// loses nothing.
+pub trait LaneSource: Send + 'static {
+    /// The next unit; `None` when the lane has ended (a closed shard, a file read to its end).
+    fn next(&mut self) -> impl Future<Output = Option<Unit>> + Send;
+}
+
+/// Makes a lane's commit point durable: the input resumes after it.
+pub trait Checkpointer: Send + 'static {
+    /// Every record at or before `upto` has been acknowledged. Called from the lane's task,
+    /// at most every [`CHECKPOINT_EVERY`] and once when the lane stops.
+    fn checkpoint(&mut self, upto: &Position) -> Result<(), String>;
+}
+
+/// How often a lane hands its commit point to its [`Checkpointer`]. (Kafka: the offset is
+/// stored in memory; librdkafka commits stored offsets every `pipeline.commit_interval`.)
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------------------------------------
+// Destinations
+// ---------------------------------------------------------------------------------------------
+
+/// Where events or dead letters go: a closed set.
+pub enum Destination {
+    Kafka(KafkaTopic),
+    /// One JSON document per line (local use). A write is acknowledged once buffered; the
+    /// buffer is flushed before any commit point that covers it is checkpointed.
+    Lines(Mutex<LineSink>),
+}
+
+/// Where one lane's records go on a destination.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Kafka(Placement),
+    Lines,
+}
+
+impl Destination {
+    async fn open(
+        plan: &DestinationPlan,
+        what: &'static str,
+        settings: &LaneSettings,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Destination, PipelineError> {
+        match plan {
+            DestinationPlan::File(t) => LineSink::open(t.clone())
+                .map(|s| Destination::Lines(Mutex::new(s)))
+                .map_err(|e| PipelineError::Destination(e.to_string())),
+            DestinationPlan::Kafka(k) => {
+                let timeout = settings.delivery_timeout.min(Duration::from_secs(10));
+                let mut attempt = 0;
+                loop {
+                    let k2 = k.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        KafkaTopic::connect(&k2, what, timeout)
+                    })
+                    .await
+                    .map_err(|e| PipelineError::Destination(e.to_string()))?;
+                    match r {
+                        Ok(t) => return Ok(Destination::Kafka(t)),
+                        Err(e) if attempt >= settings.retry.budget => {
+                            return Err(PipelineError::Destination(e))
+                        }
+                        Err(e) => {
+                            attempt += 1;
+                            let wait = settings.retry.delay(attempt);
+                            eprintln!(
+                                "warning: {e}; trying again in {wait:?} (attempt {attempt} of {})",
+                                settings.retry.budget
+                            );
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = shutdown.wait_for(|s| *s) => {
+                                    return Err(PipelineError::Destination(format!("{e}; stopped while retrying")));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn route(&self, lane: &LaneSpec) -> Result<Route, String> {
+        match self {
+            Destination::Kafka(t) => t.placement(&lane.name, lane.ordinal).map(Route::Kafka),
+            Destination::Lines(_) => Ok(Route::Lines),
+        }
+    }
+
+    fn send_event(&self, route: &Route, json: &[u8]) -> Result<Ack, Full> {
+        match (self, route) {
+            (Destination::Kafka(t), Route::Kafka(p)) => match t.send(p, json, None) {
+                Ok(d) => Ok(Ack::Kafka(d)),
+                Err(ksink::SendError::Full) => Err(Full),
+                Err(ksink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
+            },
+            (Destination::Lines(s), _) => Ok(Ack::Done(write_line(s, json))),
+            (Destination::Kafka(_), Route::Lines) => unreachable_route(),
+        }
+    }
+
+    fn send_dead_letter(&self, route: &Route, dl: &DeadLetter) -> Result<Ack, Full> {
+        match (self, route) {
+            (Destination::Kafka(t), Route::Kafka(p)) => {
+                let headers = ksink::dead_letter_headers(dl);
+                match t.send(p, &dl.original_bytes(), Some(headers)) {
+                    Ok(d) => Ok(Ack::Kafka(d)),
+                    Err(ksink::SendError::Full) => Err(Full),
+                    Err(ksink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
+                }
+            }
+            (Destination::Lines(s), _) => Ok(Ack::Done(write_line(s, &dl.to_json()))),
+            (Destination::Kafka(_), Route::Lines) => unreachable_route(),
+        }
+    }
+
+    /// Makes acknowledged writes durable before a checkpoint covers them.
+    fn sync(&self) -> Result<(), String> {
+        match self {
+            Destination::Kafka(_) => Ok(()),
+            Destination::Lines(s) => lock(s).flush().map_err(|e| e.to_string()),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Destination::Kafka(t) => t.flush(Duration::from_secs(5)),
+            Destination::Lines(s) => {
+                if let Err(e) = lock(s).flush() {
+                    eprintln!("error: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn unreachable_route() -> Result<Ack, Full> {
+    Ok(Ack::Done(Err(
+        "internal: a route computed for another destination".into(),
+    )))
+}
+
+fn lock(s: &Mutex<LineSink>) -> std::sync::MutexGuard<'_, LineSink> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_line(s: &Mutex<LineSink>, line: &[u8]) -> Result<(), String> {
+    lock(s).write_line(line).map_err(|e| e.to_string())
+}
+
+/// The destination's queue is full: wait for acknowledgements and send again.
+struct Full;
+
+/// The acknowledgement of one write.
+enum Ack {
+    Done(Result<(), String>),
+    Kafka(ksink::Delivery),
+}
+
+impl Future for Ack {
+    type Output = Result<(), String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut *self {
+            Ack::Done(r) => Poll::Ready(std::mem::replace(r, Ok(()))),
+            Ack::Kafka(d) => Pin::new(d).poll(cx),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters (the lead wires these to metrics)
+// ---------------------------------------------------------------------------------------------
+
+/// Pipeline counters. METRICS HOOK: export these (or increment metrics where they are
+/// incremented: `Lane::on_ack`, `Lane::rewind`, `Collect::skipped`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Input records (units) whose every output was acknowledged.
+    pub records: AtomicU64,
+    /// Events acknowledged by the output (duplicates from retries included).
+    pub events: AtomicU64,
+    /// Dead letters acknowledged by the dead-letter destination.
+    pub dead_letters: AtomicU64,
+    /// Units that hold no records on purpose (digest files, control messages).
+    pub skipped: AtomicU64,
+    /// Deliveries that failed (each leads to a lane retry).
+    pub failed_deliveries: AtomicU64,
+    /// Lane retries (sending again from the commit point).
+    pub retries: AtomicU64,
+    pub lanes_started: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub records: u64,
+    pub events: u64,
+    pub dead_letters: u64,
+    pub skipped: u64,
+    pub retries: u64,
+    pub lanes: u64,
+    pub elapsed: Duration,
+}
+
+impl Stats {
+    fn summary(&self, elapsed: Duration) -> Summary {
+        Summary {
+            records: self.records.load(Relaxed),
+            events: self.events.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            lanes: self.lanes_started.load(Relaxed),
+            elapsed,
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped after {:.1}s: {} records acknowledged -> {} events, {} dead letters, {} skipped units; {} lanes started, {} retries",
+            self.elapsed.as_secs_f64(),
+            self.records,
+            self.events,
+            self.dead_letters,
+            self.skipped,
+            self.lanes,
+            self.retries
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot open destination: {0}")]
+    Destination(String),
+    #[error("input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Lane(#[from] LaneError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    #[error("lane {lane}: deliveries kept failing ({attempts} attempts, retry budget {budget}); last error: {last}; nothing was committed past it")]
+    RetryBudget {
+        lane: Arc<str>,
+        attempts: u32,
+        budget: u32,
+        last: String,
+    },
+    #[error("lane {lane}: {reason}")]
+    Route { lane: Arc<str>, reason: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// One lane
+// ---------------------------------------------------------------------------------------------
+
+/// What every lane shares: destinations, settings, tables, counters.
+pub struct Shared {
+    pub events: Destination,
+    pub dead_letters: Destination,
+    pub settings: LaneSettings,
+    pub mappings: Arc<Mappings>,
+    pub stats: Stats,
+}
+
+struct Entry {
+    position: Position,
+    bytes: Vec<u8>,
+    /// Deliveries not yet acknowledged.
+    pending: u32,
+    /// Every delivery of this record has been handed to its destination.
+    sent: bool,
+    failed: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Event,
+    DeadLetter,
+}
+
+enum Outgoing {
+    Event(Vec<u8>),
+    DeadLetter(DeadLetter),
+}
+
+struct Collect<'a> {
+    out: &'a mut Vec<Outgoing>,
+    stats: &'a Stats,
+}
+
+impl Emit for Collect<'_> {
+    fn event(&mut self, json: &[u8], _info: EventInfo<'_>) {
+        self.out.push(Outgoing::Event(json.to_vec()));
+    }
+
+    fn dead_letter(&mut self, dl: DeadLetter) {
+        // Already redacted: the normalizer redacts every dead letter it emits.
+        self.out.push(Outgoing::DeadLetter(dl));
+    }
+
+    fn skipped(&mut self, position: &Position, reason: &str) {
+        self.stats.skipped.fetch_add(1, Relaxed);
+        eprintln!("notice: {position}: skipped: {reason}");
+    }
+}
+
+struct Lane {
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    events_route: Route,
+    dead_route: Route,
+    normalizer: Normalizer,
+    /// Records read and not yet acknowledged, in lane order; `entries[0]` has number `first`.
+    entries: VecDeque<Entry>,
+    first: u64,
+    /// Deliveries in the order they were sent: (record number, kind, acknowledgement).
+    acks: VecDeque<(u64, Kind, Ack)>,
+    /// The commit point: the newest record whose every delivery, and every earlier
+    /// record's, is acknowledged.
+    acked: Option<Position>,
+    /// `acked` moved since the last checkpoint.
+    dirty: bool,
+    /// The first delivery failure since the last retry.
+    failure: Option<String>,
+    /// Retries in a row without the commit point moving.
+    attempts: u32,
+    out: Vec<Outgoing>,
+}
+
+/// How a lane ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneEnd {
+    /// Stopped, and every record read was acknowledged and checkpointed.
+    Drained,
+    /// Stopped at the drain deadline (or after a failed delivery) with this many records
+    /// unacknowledged; they are read again by whoever owns the lane next.
+    Abandoned(usize),
+    /// The source ended and everything was acknowledged.
+    Finished,
+}
+
+enum Step {
+    Stop,
+    Deadline,
+    Acked(Result<(), String>),
+    Read(Option<Unit>),
+    Tick,
+}
+
+impl Lane {
+    fn new(shared: Arc<Shared>, spec: &LaneSpec) -> Result<Lane, LaneError> {
+        let route = |d: &Destination| {
+            d.route(spec).map_err(|reason| LaneError::Route {
+                lane: spec.name.clone(),
+                reason,
+            })
+        };
+        let events_route = route(&shared.events)?;
+        let dead_route = route(&shared.dead_letters)?;
+        Ok(Lane {
+            normalizer: Normalizer::new(shared.mappings.clone(), spec.source),
+            shared,
+            name: spec.name.clone(),
+            events_route,
+            dead_route,
+            entries: VecDeque::new(),
+            first: 0,
+            acks: VecDeque::new(),
+            acked: None,
+            dirty: false,
+            failure: None,
+            attempts: 0,
+            out: Vec::new(),
+        })
+    }
+
+    /// Normalizes record number `n` and hands its events and dead letters to their
+    /// destinations, in order.
+    async fn send(&mut self, n: u64) {
+        let i = (n - self.first) as usize;
+        self.out.clear();
+        {
+            let e = &self.entries[i];
+            let mut c = Collect {
+                out: &mut self.out,
+                stats: &self.shared.stats,
+            };
+            self.normalizer.normalize(&e.bytes, &e.position, &mut c);
+        }
+        self.entries[i].pending = self.out.len() as u32;
+        let out = std::mem::take(&mut self.out);
+        for o in &out {
+            loop {
+                let r = match o {
+                    Outgoing::Event(json) => self
+                        .shared
+                        .events
+                        .send_event(&self.events_route, json)
+                        .map(|a| (Kind::Event, a)),
+                    Outgoing::DeadLetter(dl) => self
+                        .shared
+                        .dead_letters
+                        .send_dead_letter(&self.dead_route, dl)
+                        .map(|a| (Kind::DeadLetter, a)),
+                };
+                match r {
+                    Ok((kind, ack)) => {
+                        self.acks.push_back((n, kind, ack));
+                        break;
+                    }
+                    Err(Full) => self.wait_for_room().await,
+                }
+            }
+        }
+        self.out = out;
+        // The record may have been popped meanwhile only if it is complete, which needs
+        // `sent`; so it is still here.
+        let i = (n - self.first) as usize;
+        self.entries[i].sent = true;
+        self.advance();
+    }
+
+    /// The destination's queue is full: let an acknowledgement arrive, or wait a little when
+    /// this lane has none outstanding (other lanes fill the queue).
+    async fn wait_for_room(&mut self) {
+        if let Some((_, _, ack)) = self.acks.front_mut() {
+            let r = ack.await;
+            self.on_ack(r);
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The front delivery resolved with `r`.
+    fn on_ack(&mut self, r: Result<(), String>) {
+        let Some((n, kind, _)) = self.acks.pop_front() else {
+            return;
+        };
+        let stats = &self.shared.stats;
+        let e = &mut self.entries[(n - self.first) as usize];
+        e.pending -= 1;
+        match r {
+            Ok(()) => {
+                // METRICS HOOK: an event / a dead letter acknowledged.
+                match kind {
+                    Kind::Event => stats.events.fetch_add(1, Relaxed),
+                    Kind::DeadLetter => stats.dead_letters.fetch_add(1, Relaxed),
+                };
+            }
+            Err(err) => {
+                stats.failed_deliveries.fetch_add(1, Relaxed);
+                e.failed = true;
+                if self.failure.is_none() {
+                    let what = match kind {
+                        Kind::Event => "output",
+                        Kind::DeadLetter => "dead-letter destination",
+                    };
+                    self.failure = Some(format!("{what}: {err}"));
+                }
+            }
+        }
+        self.advance();
+    }
+
+    /// Takes every already-resolved acknowledgement without waiting.
+    fn take_ready_acks(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while let Some((_, _, ack)) = self.acks.front_mut() {
+            match Pin::new(ack).poll(&mut cx) {
+                Poll::Ready(r) => self.on_ack(r),
+                Poll::Pending => break,
+            }
+        }
+    }
+
+    /// Moves the commit point past every complete record at the front.
+    fn advance(&mut self) {
+        while let Some(e) = self.entries.front() {
+            if !(e.sent && e.pending == 0 && !e.failed) {
+                break;
+            }
+            let e = self.entries.pop_front().expect("front exists");
+            self.first += 1;
+            self.acked = Some(e.position);
+            self.dirty = true;
+            self.attempts = 0;
+            self.shared.stats.records.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn checkpoint(&mut self, ckpt: &mut impl Checkpointer) {
+        if !self.dirty {
+            return;
+        }
+        let Some(upto) = &self.acked else { return };
+        for d in [&self.shared.events, &self.shared.dead_letters] {
+            if let Err(e) = d.sync() {
+                // Not durable yet: keep the commit point where it was, try again next tick.
+                eprintln!("warning: lane {}: {e}", self.name);
+                return;
+            }
+        }
+        match ckpt.checkpoint(upto) {
+            Ok(()) => self.dirty = false,
+            Err(e) => eprintln!(
+                "warning: lane {}: cannot store commit point {upto}: {e}",
+                self.name
+            ),
+        }
+    }
+
+    /// Every delivery has settled and one failed: wait, then send again everything not yet
+    /// acknowledged, in order. `Err` once the retry budget is spent; `Ok(false)` when a stop
+    /// arrived during the wait.
+    async fn retry(&mut self, stop: &mut oneshot::Receiver<()>) -> Result<bool, LaneError> {
+        let budget = self.shared.settings.retry.budget;
+        let last = self.failure.take().unwrap_or_default();
+        self.attempts += 1;
+        if self.attempts > budget {
+            return Err(LaneError::RetryBudget {
+                lane: self.name.clone(),
+                attempts: self.attempts,
+                budget,
+                last,
+            });
+        }
+        // METRICS HOOK: a lane retry.
+        self.shared.stats.retries.fetch_add(1, Relaxed);
+        let wait = self.shared.settings.retry.delay(self.attempts);
+        eprintln!(
+            "warning: lane {}: {last}; sending {} records again from the commit point in {wait:?} (attempt {} of {budget})",
+            self.name,
+            self.entries.len(),
+            self.attempts
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop => return Ok(false),
+        }
+        for e in &mut self.entries {
+            e.pending = 0;
+            e.sent = false;
+            e.failed = false;
+        }
+        let end = self.first + self.entries.len() as u64;
+        let mut n = self.first;
+        while n < end && self.failure.is_none() {
+            self.send(n).await;
+            n += 1;
+        }
+        Ok(true)
+    }
+
+    /// The lane's loop. See the guarantees at the top of this file.
+    async fn run<S: LaneSource, C: Checkpointer>(
+        mut self,
+        mut source: S,
+        mut ckpt: C,
+        mut stop: oneshot::Receiver<()>,
+    ) -> Result<LaneEnd, LaneError> {
+        let settings = self.shared.settings.clone();
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY.min(settings.commit_interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = false;
+        let mut ended = false;
+        let deadline = tokio::time::sleep(Duration::from_secs(86400 * 365));
+        tokio::pin!(deadline);
+        let every = CHECKPOINT_EVERY.min(settings.commit_interval);
+        let mut last_checkpoint = Instant::now();
+        let end = loop {
+            // Time-based, not only on the tick: a lane whose input is always ready must still
+            // checkpoint (and see `stop`), see the yield below.
+            if last_checkpoint.elapsed() >= every {
+                self.checkpoint(&mut ckpt);
+                last_checkpoint = Instant::now();
+            }
+            if self.failure.is_some() && self.acks.is_empty() {
+                if draining {
+                    break LaneEnd::Abandoned(self.entries.len());
+                }
+                match self.retry(&mut stop).await {
+                    Ok(true) => continue,
+                    Ok(false) => break LaneEnd::Abandoned(self.entries.len()),
+                    Err(e) => {
+                        self.checkpoint(&mut ckpt);
+                        return Err(e);
+                    }
+                }
+            }
+            if draining && self.acks.is_empty() && self.entries.is_empty() {
+                break if ended {
+                    LaneEnd::Finished
+                } else {
+                    LaneEnd::Drained
+                };
+            }
+            let can_read =
+                !draining && self.failure.is_none() && self.entries.len() < settings.in_flight;
+            let has_acks = !self.acks.is_empty();
+            let front = self.acks.front_mut().map(|(_, _, a)| a);
+            let step = tokio::select! {
+                biased;
+                _ = &mut stop, if !draining => Step::Stop,
+                _ = &mut deadline, if draining => Step::Deadline,
+                r = async { match front { Some(a) => a.await, None => std::future::pending().await } },
+                    if has_acks => Step::Acked(r),
+                _ = tick.tick() => Step::Tick,
+                u = source.next(), if can_read => Step::Read(u),
+            };
+            match step {
+                Step::Stop => {
+                    draining = true;
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + settings.drain_timeout);
+                }
+                Step::Deadline => break LaneEnd::Abandoned(self.entries.len()),
+                Step::Acked(r) => {
+                    self.on_ack(r);
+                    self.take_ready_acks();
+                }
+                Step::Tick => {}
+                Step::Read(Some(unit)) => {
+                    let n = self.first + self.entries.len() as u64;
+                    self.entries.push_back(Entry {
+                        position: unit.position,
+                        bytes: unit.bytes,
+                        pending: 0,
+                        sent: false,
+                        failed: false,
+                    });
+                    self.send(n).await;
+                    self.take_ready_acks();
+                    // librdkafka's queue is not a tokio resource and is always ready under
+                    // load, so without this the task would never yield: tokio's own timers and
+                    // channels (the tick, `stop`) would stay pending once the task's
+                    // cooperative budget is spent, and other tasks on this worker would starve.
+                    tokio::task::coop::consume_budget().await;
+                }
+                Step::Read(None) => {
+                    ended = true;
+                    draining = true;
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + settings.drain_timeout);
+                }
+            }
+        };
+        self.checkpoint(&mut ckpt);
+        Ok(end)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The set of running lanes
+// ---------------------------------------------------------------------------------------------
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The running lanes of one pipeline. An input starts a lane when it gets a partition (or
+/// shard) and stops it when it loses it; a lane that fails for good reports on the fatal
+/// channel, and the input driver then shuts the pipeline down.
+pub struct Lanes {
+    shared: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    running: Mutex<HashMap<Arc<str>, Running>>,
+    fatal: mpsc::UnboundedSender<LaneError>,
+}
+
+impl Lanes {
+    /// Starts a lane on the runtime. A lane of the same name still running is stopped first.
+    pub fn start<S: LaneSource, C: Checkpointer>(&self, spec: LaneSpec, source: S, ckpt: C) {
+        self.stop_blocking(std::slice::from_ref(&spec.name));
+        let lane = match Lane::new(self.shared.clone(), &spec) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.fatal.send(e);
+                return;
+            }
+        };
+        self.shared.stats.lanes_started.fetch_add(1, Relaxed);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let fatal = self.fatal.clone();
+        let name = spec.name.clone();
+        let task = self.handle.spawn(async move {
+            match lane.run(source, ckpt, stop_rx).await {
+                Ok(LaneEnd::Abandoned(n)) if n > 0 => eprintln!(
+                    "notice: lane {name}: stopped with {n} records unacknowledged; they will be read again"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = fatal.send(e);
+                }
+            }
+        });
+        self.lock().insert(
+            spec.name,
+            Running {
+                stop: stop_tx,
+                task,
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The names of the running lanes.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<_> = self.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn take(&self, names: &[Arc<str>]) -> Vec<Running> {
+        let mut running = self.lock();
+        names.iter().filter_map(|n| running.remove(n)).collect()
+    }
+
+    /// Asks lanes to stop and waits until each has drained (or hit the drain timeout) and
+    /// checkpointed.
+    async fn finish(taken: Vec<Running>, drain: Duration) {
+        let mut tasks = Vec::with_capacity(taken.len());
+        for r in taken {
+            let _ = r.stop.send(());
+            tasks.push(r.task);
+        }
+        // Each lane enforces the drain deadline itself; this is the backstop.
+        let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(5);
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+    }
+
+    /// Stops the named lanes (drain, checkpoint) and waits for them.
+    pub async fn stop(&self, names: &[Arc<str>]) {
+        let taken = self.take(names);
+        Self::finish(taken, self.shared.settings.drain_timeout).await
+    }
+
+    /// The same, from a thread that may not await: a Kafka rebalance callback. Blocks until
+    /// the lanes are done. Needs the multi-threaded runtime when called from inside it.
+    pub fn stop_blocking(&self, names: &[Arc<str>]) {
+        let taken = self.take(names);
+        if taken.is_empty() {
+            return;
+        }
+        let fut = Self::finish(taken, self.shared.settings.drain_timeout);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => tokio::task::block_in_place(|| h.block_on(fut)),
+            Err(_) => self.handle.block_on(fut),
+        }
+    }
+
+    pub async fn stop_all(&self) {
+        let names = self.names();
+        self.stop(&names).await
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pipeline
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the pipeline of `plan` until `shutdown` resolves (Ok) or a lane fails for good
+/// (Err). Must be called inside a multi-threaded tokio runtime: lanes are tasks on it, and a
+/// rebalance callback blocks its thread while lanes drain.
+pub async fn run(
+    plan: &Plan,
+    mappings: Arc<Mappings>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Summary, PipelineError> {
+    let start = Instant::now();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let settings = plan.lanes.clone();
+    let events = Destination::open(&plan.output, "output", &settings, &mut stop_rx).await?;
+    let dead_letters =
+        Destination::open(&plan.dead_letter, "dead-letter", &settings, &mut stop_rx).await?;
+    let shared = Arc::new(Shared {
+        events,
+        dead_letters,
+        settings,
+        mappings,
+        stats: Stats::default(),
+    });
+    let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
+    let lanes = Arc::new(Lanes {
+        shared: shared.clone(),
+        handle: tokio::runtime::Handle::current(),
+        running: Mutex::new(HashMap::new()),
+        fatal: fatal_tx,
+    });
+    // The input driver runs as a task of its own: a rebalance callback inside it may block
+    // its worker thread (block_in_place), which the caller's thread could not allow.
+    let driver = match &plan.input {
+        crate::config::InputPlan::Kafka(k) => tokio::spawn(crate::source::kafka::drive(
+            k.clone(),
+            lanes.clone(),
+            fatal_rx,
+            stop_rx,
+        )),
+    };
+    let result = driver.await.unwrap_or_else(|e| {
+        Err(PipelineError::Input(format!(
+            "the input driver failed: {e}"
+        )))
+    });
+    signal.abort();
+    lanes.stop_all().await;
+    drop(lanes);
+    let s = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        s.events.close();
+        s.dead_letters.close();
+    })
+    .await;
+    result.map(|()| shared.stats.summary(start.elapsed()))
+}
+
+/// For local runs: a file destination's target, as named in messages.
+pub fn describe(plan: &DestinationPlan) -> String {
+    match plan {
+        DestinationPlan::Kafka(k) => format!(
+            "Kafka topic {} on {}",
+            k.topic,
+            k.client.get("bootstrap.servers").unwrap_or("?")
+        ),
+        DestinationPlan::File(Target::Stdout) => "standard output".into(),
+        DestinationPlan::File(Target::Stderr) => "standard error".into(),
+        DestinationPlan::File(Target::File(p)) => p.display().to_string(),
+    }
+}
