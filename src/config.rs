@@ -50,6 +50,51 @@ pub struct ConfigFile {
     /// to the directory of this file.
     #[serde(default)]
     pub mappings: Option<PathBuf>,
+    /// Secret redaction in events and dead letters: on, with the built-in rules, by default.
+    #[serde(default)]
+    pub redaction: RedactionSpec,
+}
+
+/// Redaction settings (the same as `replay`'s flags). The hash key never sits in this file:
+/// name the environment variable or the file that holds it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionSpec {
+    /// false turns redaction off (says so loudly at start).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Use the built-in rule set (rules/redaction.toml) besides `rules`.
+    #[serde(default = "yes")]
+    pub builtin_rules: bool,
+    /// Rule files added to (or, without the built-in set, replacing) it; relative to this file.
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    /// Environment variable holding the key for keyed-hash replacements.
+    #[serde(default)]
+    pub hash_key_env: Option<String>,
+    /// File holding that key; relative to this file.
+    #[serde(default)]
+    pub hash_key_file: Option<PathBuf>,
+    /// Keep dead letters' raw bytes unredacted (a locked-down dead-letter destination only).
+    #[serde(default)]
+    pub keep_raw_dead_letters: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for RedactionSpec {
+    fn default() -> Self {
+        RedactionSpec {
+            enabled: true,
+            builtin_rules: true,
+            rules: Vec::new(),
+            hash_key_env: None,
+            hash_key_file: None,
+            keep_raw_dead_letters: false,
+        }
+    }
 }
 
 /// A Kafka cluster and the librdkafka options every client on it gets.
@@ -593,6 +638,11 @@ pub struct Plan {
     pub lanes: LaneSettings,
     /// Mapping tables directory (already anchored at the config file's directory).
     pub mappings: Option<PathBuf>,
+    /// The redaction rules (`None`: redaction off) and whether dead letters stay raw.
+    pub redactor: Option<crate::redact::Redactor>,
+    pub keep_raw_dead_letters: bool,
+    /// What the operator must read at start (redaction off, raw dead letters).
+    pub notices: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -978,6 +1028,26 @@ impl ConfigFile {
             }
         }
 
+        let r = &self.redaction;
+        let args = crate::redaction::RedactionArgs {
+            rules: r.rules.iter().map(|f| base.join(f)).collect(),
+            no_builtin_redaction_rules: !r.builtin_rules,
+            redaction_hash_key_env: r.hash_key_env.clone(),
+            redaction_hash_key_file: r.hash_key_file.as_ref().map(|f| base.join(f)),
+            keep_raw_dead_letters: r.keep_raw_dead_letters,
+            no_redaction: !r.enabled,
+        };
+        if r.hash_key_env.is_some() && r.hash_key_file.is_some() {
+            p.push("redaction", "set hash_key_env or hash_key_file, not both");
+        }
+        let (redactor, notices) = match args.build() {
+            Ok(x) => x,
+            Err(e) => {
+                p.push("redaction", e.to_string());
+                (None, Vec::new())
+            }
+        };
+
         if p.0.is_empty() {
             Ok(Plan {
                 input,
@@ -985,6 +1055,9 @@ impl ConfigFile {
                 dead_letter,
                 lanes,
                 mappings,
+                redactor,
+                keep_raw_dead_letters: r.keep_raw_dead_letters,
+                notices,
             })
         } else {
             Err(Problems(p.0))

@@ -206,6 +206,9 @@ fn run(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for n in &plan.notices {
+        eprintln!("{n}");
+    }
     let mappings = match load(plan.mappings.as_deref()) {
         Ok(m) => m,
         Err(code) => return code,

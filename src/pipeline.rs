@@ -346,6 +346,8 @@ pub struct Shared {
     pub settings: LaneSettings,
     pub mappings: Arc<Mappings>,
     pub stats: Stats,
+    pub redactor: Option<crate::redact::Redactor>,
+    pub keep_raw_dead_letters: bool,
 }
 
 struct Entry {
@@ -444,7 +446,9 @@ impl Lane {
         let events_route = route(&shared.events)?;
         let dead_route = route(&shared.dead_letters)?;
         Ok(Lane {
-            normalizer: Normalizer::new(shared.mappings.clone(), spec.source),
+            normalizer: Normalizer::new(shared.mappings.clone(), spec.source)
+                .with_redactor(shared.redactor.clone())
+                .keep_raw_dead_letters(shared.keep_raw_dead_letters),
             shared,
             name: spec.name.clone(),
             events_route,
@@ -882,6 +886,8 @@ pub async fn run(
         settings,
         mappings,
         stats: Stats::default(),
+        redactor: plan.redactor.clone(),
+        keep_raw_dead_letters: plan.keep_raw_dead_letters,
     });
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let lanes = Arc::new(Lanes {
