@@ -427,10 +427,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         }
         let untracked = node.is_none_or(|n| trie.is_leaf(n));
         if untracked && skip.is_empty() {
-            match red {
-                Some(r) => encode_src_redacted(out, src, key, r),
-                None => encode_src(out, src),
-            }
+            encode_whole(out, src, key, red);
             return true;
         }
         if src.is_object() {
@@ -465,10 +462,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             out.push(b']');
             true
         } else {
-            match red {
-                Some(r) => encode_src_redacted(out, src, key, r),
-                None => encode_src(out, src),
-            }
+            encode_whole(out, src, key, red);
             true
         }
     }
@@ -600,6 +594,19 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             out.truncate(mark);
         }
         out.push(b'}');
+    }
+}
+
+/// A source value written as it is, redacted when redaction is on.
+fn encode_whole(
+    out: &mut Vec<u8>,
+    src: Src<'_, '_>,
+    key: Option<&str>,
+    red: &mut Option<Redact<'_>>,
+) {
+    match red {
+        Some(r) => encode_src_redacted(out, src, key, r),
+        None => encode_src(out, src),
     }
 }
 

@@ -276,6 +276,27 @@ pub struct Header {
     pub labels: u32,
 }
 
+impl Header {
+    /// The slots only the engine writes, with constants (no source text can reach them).
+    fn engine_written(&self) -> [u32; 13] {
+        [
+            self.class_uid,
+            self.class_name,
+            self.category_uid,
+            self.category_name,
+            self.activity_id,
+            self.activity_name,
+            self.type_uid,
+            self.type_name,
+            self.severity,
+            self.status,
+            self.version,
+            self.profiles,
+            self.labels,
+        ]
+    }
+}
+
 #[derive(Debug)]
 pub struct ClassP {
     pub info: &'static ClassInfo,
@@ -851,7 +872,7 @@ impl Compiler<'_> {
         let version = fixed(&mut sk, &["metadata", "version"])?;
         let profiles = fixed(&mut sk, &["metadata", "profiles"])?;
         let labels = fixed(&mut sk, &["metadata", "labels"]).unwrap_or(NEVER);
-        for id in [
+        let header = Header {
             class_uid,
             class_name,
             category_uid,
@@ -860,12 +881,15 @@ impl Compiler<'_> {
             activity_name,
             type_uid,
             type_name,
+            severity_id,
             severity,
+            status_id,
             status,
             version,
             profiles,
             labels,
-        ] {
+        };
+        for id in header.engine_written() {
             if id != NEVER && !sk.nodes[id as usize].sourced {
                 sk.nodes[id as usize].plain = true;
             }
@@ -886,26 +910,7 @@ impl Compiler<'_> {
                 ));
             }
         }
-        Ok((
-            sk,
-            Header {
-                class_uid,
-                class_name,
-                category_uid,
-                category_name,
-                activity_id,
-                activity_name,
-                type_uid,
-                type_name,
-                severity_id,
-                severity,
-                status_id,
-                status,
-                version,
-                profiles,
-                labels,
-            },
-        ))
+        Ok((sk, header))
     }
 
     fn template(&mut self, t: &str, base: u32, line: usize) -> Result<Vec<Piece>, TableError> {
