@@ -43,10 +43,11 @@ use crate::dlq::DeadLetter;
 use crate::mapping::Mappings;
 use crate::normalize::{Emit, EventInfo, Normalizer};
 use crate::record::{Position, SourceKind};
-use crate::sink::file::{LineSink, Target};
+use crate::sink::file::Target;
 use crate::sink::kafka::{self as ksink, KafkaTopic, Placement};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -100,7 +101,46 @@ pub enum Destination {
     Kafka(KafkaTopic),
     /// One JSON document per line (local use). A write is acknowledged once buffered; the
     /// buffer is flushed before any commit point that covers it is checkpointed.
-    Lines(Mutex<LineSink>),
+    Lines(Mutex<Lines>),
+}
+
+/// A line file opened for appending: a restarted pipeline resumes after its commit point, so
+/// it must keep what earlier runs wrote (`sink::file::LineSink` truncates, as a replay wants).
+pub struct Lines {
+    name: String,
+    w: std::io::BufWriter<Box<dyn Write + Send>>,
+}
+
+impl Lines {
+    pub fn open(target: &Target) -> std::io::Result<Lines> {
+        let w: Box<dyn Write + Send> = match target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::Stderr => Box::new(std::io::stderr()),
+            Target::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        Ok(Lines {
+            name: target.name(),
+            w: std::io::BufWriter::with_capacity(1 << 20, w),
+        })
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> Result<(), String> {
+        self.w
+            .write_all(line)
+            .and_then(|()| self.w.write_all(b"\n"))
+            .map_err(|e| format!("cannot write {}: {e}", self.name))
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.w
+            .flush()
+            .map_err(|e| format!("cannot write {}: {e}", self.name))
+    }
 }
 
 /// Where one lane's records go on a destination.
@@ -118,9 +158,9 @@ impl Destination {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Destination, PipelineError> {
         match plan {
-            DestinationPlan::File(t) => LineSink::open(t.clone())
+            DestinationPlan::File(t) => Lines::open(t)
                 .map(|s| Destination::Lines(Mutex::new(s)))
-                .map_err(|e| PipelineError::Destination(e.to_string())),
+                .map_err(|e| PipelineError::Destination(format!("{}: {e}", t.name()))),
             DestinationPlan::Kafka(k) => {
                 let timeout = settings.delivery_timeout.min(Duration::from_secs(10));
                 let mut attempt = 0;
@@ -194,7 +234,7 @@ impl Destination {
     fn sync(&self) -> Result<(), String> {
         match self {
             Destination::Kafka(_) => Ok(()),
-            Destination::Lines(s) => lock(s).flush().map_err(|e| e.to_string()),
+            Destination::Lines(s) => lock(s).flush(),
         }
     }
 
@@ -216,12 +256,12 @@ fn unreachable_route() -> Result<Ack, Full> {
     )))
 }
 
-fn lock(s: &Mutex<LineSink>) -> std::sync::MutexGuard<'_, LineSink> {
+fn lock(s: &Mutex<Lines>) -> std::sync::MutexGuard<'_, Lines> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn write_line(s: &Mutex<LineSink>, line: &[u8]) -> Result<(), String> {
-    lock(s).write_line(line).map_err(|e| e.to_string())
+fn write_line(s: &Mutex<Lines>, line: &[u8]) -> Result<(), String> {
+    lock(s).write_line(line)
 }
 
 /// The destination's queue is full: wait for acknowledgements and send again.

@@ -366,3 +366,55 @@ fn a_rebalance_between_two_pipelines_loses_nothing() {
     eprintln!("rebalance: {} events, {dups} re-delivered", out.len());
     assert_eq!(out.len(), 7200 + dups);
 }
+
+#[test]
+fn file_destinations_append_across_restarts() {
+    let mock = Mock::new();
+    mock.topic("in", 2);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka-mock-files");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (events, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
+    let yaml = format!(
+        "input:\n  kafka:\n    brokers: [\"{b}\"]\n    group: g-files\n    topics: [{{name: in, source: auto}}]\n    options: {fast}\noutput:\n  file: {e}\ndead_letter:\n  file: {d}\npipeline: {{commit_interval: 200ms}}\n",
+        b = mock.bootstrap,
+        fast = kc::FAST_GROUP,
+        e = events.display(),
+        d = dead.display(),
+    );
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    let mut expected = fill(&mock, "in", "files", 2, 0..40);
+    let p = mock.producer();
+    produce(&p, "in", 0, &[POISON.to_string()]);
+    let run = Running::start(&yaml);
+    assert!(wait_until(Duration::from_secs(60), || committed(
+        &mock.bootstrap,
+        "g-files",
+        "in",
+        2
+    ) == vec![41, 40]));
+    run.stop().expect("clean stop");
+    extend(&mut expected, fill(&mock, "in", "files", 2, 40..60));
+    let run = Running::start(&yaml);
+    assert!(wait_until(Duration::from_secs(60), || committed(
+        &mock.bootstrap,
+        "g-files",
+        "in",
+        2
+    ) == vec![61, 60]));
+    run.stop().expect("clean stop");
+    assert_eq!(lines(&events), 120, "the second run appended");
+    assert_eq!(lines(&dead), 1);
+    let ids: std::collections::BTreeSet<String> = std::fs::read_to_string(&events)
+        .expect("events")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("event")["metadata"]["uid"]
+                .as_str()
+                .expect("uid")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 120);
+    assert!(expected.values().flatten().all(|id| ids.contains(id)));
+}

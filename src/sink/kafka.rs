@@ -158,20 +158,14 @@ impl KafkaTopic {
         lane: &Arc<str>,
         ordinal: Option<(i32, i32)>,
     ) -> Result<Placement, String> {
-        let hashed = || murmur2_partition(lane.as_bytes(), self.partitions);
-        let partition = match (self.partitioning, ordinal) {
-            (Partitioning::LaneHash, _) => hashed(),
-            (Partitioning::Auto, Some((p, n))) if n <= self.partitions && p < self.partitions => p,
-            (Partitioning::Auto, _) => hashed(),
-            (Partitioning::InputPartition, Some((p, _))) if p < self.partitions => p,
-            (Partitioning::InputPartition, _) => {
-                return Err(format!(
+        let partition =
+            place(self.partitioning, self.partitions, lane, ordinal).ok_or_else(|| {
+                format!(
                     "lane {lane} has no partition of its own on topic `{}` ({} partitions) and \
-                     `partitioning: input_partition` is set; add partitions or use `auto`",
+                 `partitioning: input_partition` is set; add partitions or use `auto`",
                     self.topic, self.partitions
-                ))
-            }
-        };
+                )
+            })?;
         Ok(Placement {
             partition,
             key: lane.clone(),
@@ -230,6 +224,24 @@ fn partition_count<C: ClientContext>(
     match t.partitions().len() {
         0 => Err("it has no partitions (does the topic exist?)".into()),
         n => Ok(n as i32),
+    }
+}
+
+/// The output partition of a lane (guarantee 1 in `pipeline.rs`); `None` when
+/// `input_partition` is asked for and the partition does not exist.
+pub fn place(
+    how: Partitioning,
+    partitions: i32,
+    lane: &str,
+    ordinal: Option<(i32, i32)>,
+) -> Option<i32> {
+    let hashed = murmur2_partition(lane.as_bytes(), partitions);
+    match (how, ordinal) {
+        (Partitioning::LaneHash, _) => Some(hashed),
+        (Partitioning::Auto, Some((p, n))) if n <= partitions && p < partitions => Some(p),
+        (Partitioning::Auto, _) => Some(hashed),
+        (Partitioning::InputPartition, Some((p, _))) if p < partitions => Some(p),
+        (Partitioning::InputPartition, _) => None,
     }
 }
 
@@ -355,6 +367,31 @@ pub fn murmur2_partition(key: &[u8], partitions: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_keep_their_partition_number_only_when_every_input_partition_has_one() {
+        use Partitioning::*;
+        // Output at least as large as the input: p -> p.
+        assert_eq!(place(Auto, 6, "in/4", Some((4, 6))), Some(4));
+        assert_eq!(place(Auto, 12, "in/4", Some((4, 6))), Some(4));
+        // Smaller output: every lane by hash, the same for the same lane.
+        let h = place(Auto, 3, "in/4", Some((4, 6)));
+        assert_eq!(h, Some(murmur2_partition(b"in/4", 3)));
+        assert_eq!(
+            place(Auto, 3, "in/1", Some((1, 6))),
+            Some(murmur2_partition(b"in/1", 3))
+        );
+        assert_eq!(
+            place(Auto, 3, "shard-a", None),
+            Some(murmur2_partition(b"shard-a", 3))
+        );
+        assert_eq!(
+            place(LaneHash, 6, "in/4", Some((4, 6))),
+            Some(murmur2_partition(b"in/4", 6))
+        );
+        assert_eq!(place(InputPartition, 3, "in/4", Some((4, 6))), None);
+        assert_eq!(place(InputPartition, 3, "in/2", Some((2, 6))), Some(2));
+    }
 
     #[test]
     fn murmur2_matches_kafka() {

@@ -204,7 +204,7 @@ fn frame(
             units += 1;
         }
         offset += n;
-        if units % 1024 == 0 {
+        if units.is_multiple_of(1024) {
             sink.progress(offset);
         }
         line.clear();
