@@ -14,8 +14,9 @@ use crate::ocsf::schema::LeafKind;
 use crate::ocsf::{self, OCSF_VERSION};
 use std::borrow::Cow;
 
-/// (plan id, decision key values) -> (class index, activity id).
-type DecisionCache = rustc_hash::FxHashMap<(u32, Box<[u8]>), (u32, i64)>;
+/// Plan id and decision key values (as bytes, so a lookup borrows the key buffer instead of
+/// allocating) -> (class index, activity id).
+type DecisionCache = rustc_hash::FxHashMap<Box<[u8]>, (u32, i64)>;
 
 /// Per-lane scratch space reused across records.
 #[derive(Default)]
@@ -867,6 +868,7 @@ impl Plan {
             return self.pick_class(run);
         };
         key.clear();
+        key.extend_from_slice(&self.id.to_le_bytes());
         for p in paths {
             match run.get(p, None) {
                 None => key.push(0),
@@ -887,16 +889,13 @@ impl Plan {
                 },
             }
         }
-        if let Some(&(c, a)) = cache.get(&(self.id, key.as_slice().into())) {
+        if let Some(&(c, a)) = cache.get(key.as_slice()) {
             return Some((c as usize, a));
         }
         let decided = self.pick_class(run)?;
         // Bounded: a source with unbounded distinct values must not grow memory.
         if cache.len() < 65_536 {
-            cache.insert(
-                (self.id, key.as_slice().into()),
-                (decided.0 as u32, decided.1),
-            );
+            cache.insert(key.as_slice().into(), (decided.0 as u32, decided.1));
         }
         Some(decided)
     }
