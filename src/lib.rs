@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod json;
+pub mod kinesis;
 pub mod mapping;
 pub mod normalize;
 pub mod ocsf;

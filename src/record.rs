@@ -63,6 +63,15 @@ pub enum Position {
         #[serde(skip_serializing_if = "Option::is_none")]
         index: Option<u32>,
     },
+    Kinesis {
+        stream: Arc<str>,
+        shard: Arc<str>,
+        /// The Kinesis sequence number (a decimal string of up to 129 digits).
+        sequence: Arc<str>,
+        /// Index of the record inside the unit: a KPL sub-record or a carrier's element.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
+    },
 }
 
 impl Position {
@@ -70,14 +79,18 @@ impl Position {
     pub fn with_index(&self, i: u32) -> Position {
         let mut p = self.clone();
         match &mut p {
-            Position::File { index, .. } | Position::Kafka { index, .. } => *index = Some(i),
+            Position::File { index, .. }
+            | Position::Kafka { index, .. }
+            | Position::Kinesis { index, .. } => *index = Some(i),
         }
         p
     }
 
     pub fn index(&self) -> Option<u32> {
         match self {
-            Position::File { index, .. } | Position::Kafka { index, .. } => *index,
+            Position::File { index, .. }
+            | Position::Kafka { index, .. }
+            | Position::Kinesis { index, .. } => *index,
         }
     }
 }
@@ -108,6 +121,18 @@ impl std::fmt::Display for Position {
                 index,
             } => {
                 write!(f, "{topic}/{partition}@{offset}")?;
+                if let Some(i) = index {
+                    write!(f, " [record {i}]")?;
+                }
+                Ok(())
+            }
+            Position::Kinesis {
+                stream,
+                shard,
+                sequence,
+                index,
+            } => {
+                write!(f, "{stream}/{shard}@{sequence}")?;
                 if let Some(i) = index {
                     write!(f, " [record {i}]")?;
                 }

@@ -2,3 +2,4 @@
 
 pub mod file;
 pub mod kafka;
+pub mod kinesis;

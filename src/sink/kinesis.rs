@@ -1,0 +1,1 @@
+//! Kinesis stream output: PutRecords with per-record failure handling.
