@@ -945,6 +945,12 @@ pub async fn run(
             fatal_rx,
             stop_rx,
         )),
+        crate::config::InputPlan::Kinesis(k) => tokio::spawn(crate::source::kinesis::drive(
+            k.clone(),
+            lanes.clone(),
+            fatal_rx,
+            stop_rx,
+        )),
     };
     let result = driver.await.unwrap_or_else(|e| {
         Err(PipelineError::Input(format!(
