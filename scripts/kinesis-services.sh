@@ -134,6 +134,8 @@ start() {
 
   # setsid: the services outlive this script and are stopped by PID only. Resharding and
   # stream creation take no time (tests wait for ACTIVE anyway); each can be overridden.
+  # kinesis-local counts shards of every stream against one account limit (50 by default):
+  # the test suite creates many streams, so the limit is raised.
   KINESIS_MOCK_PLAIN_PORT=$kport \
     KINESIS_MOCK_TLS_PORT=$ktls \
     KINESIS_MOCK_CERT_PATH=$KINESIS_CERT \
@@ -145,6 +147,7 @@ start() {
     MERGE_SHARDS_DURATION=${MERGE_SHARDS_DURATION:-0ms} \
     UPDATE_SHARD_COUNT_DURATION=${UPDATE_SHARD_COUNT_DURATION:-0ms} \
     SHOULD_PERSIST_DATA=false \
+    SHARD_LIMIT=${SHARD_LIMIT:-100000} \
     LOG_LEVEL=${KINESIS_MOCK_LOG_LEVEL:-WARN} \
     setsid node "$KINESIS_MAIN" >"$(logfile kinesis)" 2>&1 </dev/null &
   kpid=$!
