@@ -134,8 +134,6 @@ start() {
 
   # setsid: the services outlive this script and are stopped by PID only. Resharding and
   # stream creation take no time (tests wait for ACTIVE anyway); each can be overridden.
-  # kinesis-local counts every stream's shards against one account limit (50 by default, then
-  # CreateStream fails with LimitExceededException): tests create many streams, so raise it.
   # kinesis-local counts shards of every stream against one account limit (50 by default):
   # the test suite creates many streams, so the limit is raised.
   KINESIS_MOCK_PLAIN_PORT=$kport \
@@ -149,9 +147,8 @@ start() {
     MERGE_SHARDS_DURATION=${MERGE_SHARDS_DURATION:-0ms} \
     UPDATE_SHARD_COUNT_DURATION=${UPDATE_SHARD_COUNT_DURATION:-0ms} \
     SHOULD_PERSIST_DATA=false \
-    SHARD_LIMIT=${KINESIS_MOCK_SHARD_LIMIT:-100000} \
-    ON_DEMAND_STREAM_COUNT_LIMIT=${KINESIS_MOCK_ON_DEMAND_STREAM_COUNT_LIMIT:-1000} \
     SHARD_LIMIT=${SHARD_LIMIT:-100000} \
+    ON_DEMAND_STREAM_COUNT_LIMIT=${ON_DEMAND_STREAM_COUNT_LIMIT:-1000} \
     LOG_LEVEL=${KINESIS_MOCK_LOG_LEVEL:-WARN} \
     setsid node "$KINESIS_MAIN" >"$(logfile kinesis)" 2>&1 </dev/null &
   kpid=$!
