@@ -195,6 +195,12 @@ pub struct KinesisInputSpec {
     /// Records per GetRecords call (1 to 10000).
     #[serde(default = "defaults::poll_limit")]
     pub poll_limit: u32,
+    /// Read with enhanced fan-out instead of polling: the name of the stream consumer to
+    /// register (RegisterStreamConsumer, once; replicas share it) and SubscribeToShard per
+    /// shard. Each consumer gets its own 2 MB/s per shard and records are pushed as they
+    /// arrive.
+    #[serde(default)]
+    pub enhanced_fan_out: Option<String>,
     /// Where leases and checkpoints live: a DynamoDB table shared by every replica, or a
     /// file for a single replica.
     pub leases: LeaseSpec,
@@ -778,7 +784,7 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub enum InputPlan {
     Kafka(KafkaInputPlan),
-    Kinesis(KinesisInputPlan),
+    Kinesis(Box<KinesisInputPlan>),
 }
 
 #[derive(Debug, Clone)]
@@ -790,6 +796,8 @@ pub struct KinesisInputPlan {
     pub start: StartPlan,
     pub interval: Duration,
     pub limit: i32,
+    /// Enhanced fan-out: the consumer name (`None`: polling).
+    pub fan_out: Option<String>,
     pub leases: LeasePlan,
     pub lease_duration: Duration,
     pub commit_interval: Duration,
@@ -1184,6 +1192,19 @@ fn kinesis_input(
             LeasePlan::File(base.join(f))
         }
     };
+    if let Some(c) = &k.enhanced_fan_out {
+        if c.is_empty()
+            || c.len() > 128
+            || !c
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            p.push(
+                format!("{at}.enhanced_fan_out"),
+                format!("`{c}`: consumer names have 1 to 128 letters, digits, `.`, `_` or `-`"),
+            );
+        }
+    }
     let worker_id = match &k.worker_id {
         Some(w) if w.trim().is_empty() => {
             p.push(format!("{at}.worker_id"), "cannot be empty");
@@ -1199,6 +1220,7 @@ fn kinesis_input(
         start,
         interval: k.poll_interval.0,
         limit: k.poll_limit.clamp(1, 10000) as i32,
+        fan_out: k.enhanced_fan_out.clone(),
         leases,
         lease_duration: k.lease_duration.0.max(Duration::from_millis(300)),
         commit_interval: lanes.commit_interval,
@@ -1295,7 +1317,7 @@ impl ConfigFile {
                 })
             }
             InputSpec::Kinesis(k) => {
-                InputPlan::Kinesis(kinesis_input(k, &lanes, base, &mut p, &mut later))
+                InputPlan::Kinesis(Box::new(kinesis_input(k, &lanes, base, &mut p, &mut later)))
             }
         };
 
@@ -1562,7 +1584,9 @@ dead_letter:
     #[test]
     fn minimal_config_resolves_with_defaults_and_forced_settings() {
         let plan = parse(MINIMAL).unwrap().resolve(Path::new(".")).unwrap();
-        let InputPlan::Kafka(k) = &plan.input;
+        let InputPlan::Kafka(k) = &plan.input else {
+            panic!("not a Kafka input")
+        };
         assert_eq!(k.client.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(k.client.get("group.id"), Some("g"));
         assert_eq!(k.client.get("auto.commit.interval.ms"), Some("5000"));
@@ -1665,5 +1689,81 @@ mappings: /nonexistent/dir
         assert_eq!(r.delay(2), Duration::from_millis(200));
         assert_eq!(r.delay(3), Duration::from_millis(350));
         assert_eq!(r.delay(60), Duration::from_millis(350));
+    }
+
+    const KINESIS: &str = "
+input:
+  kinesis:
+    stream: arn:aws:kinesis:eu-west-1:123456789012:stream/audit
+    leases:
+      dynamodb: {table: auditnorm-leases}
+output:
+  file: events.ndjson
+dead_letter:
+  file: dead.ndjson
+";
+
+    #[test]
+    fn a_kinesis_stream_arn_gives_the_name_and_the_region() {
+        let plan = parse(KINESIS)
+            .unwrap()
+            .resolve(Path::new("."))
+            .unwrap();
+        let InputPlan::Kinesis(k) = &plan.input else {
+            panic!("not a Kinesis input")
+        };
+        assert_eq!(k.stream, "audit");
+        assert_eq!(k.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(k.start, StartPlan::TrimHorizon);
+        assert_eq!(k.fan_out, None);
+        match &k.leases {
+            LeasePlan::Dynamo { table, aws } => {
+                assert_eq!(table, "auditnorm-leases");
+                assert_eq!(
+                    aws.region.as_deref(),
+                    Some("eu-west-1"),
+                    "the stream's region"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!k.worker_id.is_empty());
+    }
+
+    #[test]
+    fn kinesis_settings_are_checked_together() {
+        let text = KINESIS
+            .replace(
+                "    leases:",
+                "    region: us-east-1\n    starting_position: at_timestamp\n    poll_limit: 20000\n    enhanced_fan_out: \"bad name\"\n    leases:",
+            )
+            .replace("auditnorm-leases", "x");
+        let err = parse(&text)
+            .unwrap()
+            .resolve(Path::new("."))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "input.kinesis.region: `us-east-1` differs from the stream ARN's region `eu-west-1`",
+            "input.kinesis.starting_timestamp: starting_position at_timestamp needs a starting_timestamp",
+            "input.kinesis.poll_limit: must be between 1 and 10000",
+            "input.kinesis.enhanced_fan_out",
+            "input.kinesis.leases.dynamodb.table",
+        ] {
+            assert!(err.contains(want), "missing `{want}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn at_timestamp_reads_an_rfc3339_time() {
+        let text = KINESIS.replace(
+            "    leases:",
+            "    starting_position: at_timestamp\n    starting_timestamp: 2026-11-01T00:00:00Z\n    leases:",
+        );
+        let plan = parse(&text).unwrap().resolve(Path::new(".")).unwrap();
+        let InputPlan::Kinesis(k) = &plan.input else {
+            panic!("not a Kinesis input")
+        };
+        assert_eq!(k.start, StartPlan::AtTimestamp(1_793_491_200_000));
     }
 }

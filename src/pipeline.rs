@@ -946,7 +946,7 @@ pub async fn run(
             stop_rx,
         )),
         crate::config::InputPlan::Kinesis(k) => tokio::spawn(crate::source::kinesis::drive(
-            k.clone(),
+            (**k).clone(),
             lanes.clone(),
             fatal_rx,
             stop_rx,

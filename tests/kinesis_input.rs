@@ -545,3 +545,71 @@ fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn enhanced_fan_out_reads_every_shard_in_order_across_a_split() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let stream = kc::unique("efo");
+    let table = kc::unique("leases");
+    let t = templates();
+    let keys: Vec<String> = (0..8).map(|k| format!("e{k}")).collect();
+    let mut next = vec![0usize; keys.len()];
+    let mut put_round = |rt: &tokio::runtime::Runtime, n: usize| {
+        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+        for _ in 0..n {
+            for (k, key) in keys.iter().enumerate() {
+                recs.push((key.clone(), record(&t, next[k], &id("f", key, next[k]))));
+                next[k] += 1;
+            }
+        }
+        let refs: Vec<(&str, &[u8])> = recs
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.as_slice()))
+            .collect();
+        rt.block_on(kc::put_records(&client, &stream, &refs));
+    };
+    rt.block_on(kc::create_stream(&client, &stream, 2));
+    put_round(&rt, 30);
+    let dir = scratch("kinesis-efo");
+    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
+    let extra = "    enhanced_fan_out: auditnorm-test";
+    let run = Running::start(&yaml(
+        &kinesis, &dynamo, &stream, &table, &out, &dead, extra,
+    ));
+    assert!(
+        wait_until(Duration::from_secs(30), || lines(&out) >= 240),
+        "{} events by enhanced fan-out",
+        lines(&out)
+    );
+    // Records pushed while subscribed, then a split: the children are read after the parent.
+    put_round(&rt, 30);
+    let first = rt.block_on(async {
+        kc::open_shards(&client, &stream).await[0]
+            .shard_id()
+            .to_string()
+    });
+    rt.block_on(kc::split_shard(&client, &stream, &first));
+    put_round(&rt, 30);
+    let want = 90 * keys.len();
+    let done = wait_until(Duration::from_secs(60), || lines(&out) >= want);
+    let summary = run.stop().expect("clean stop");
+    assert!(done, "{} of {want} events; {summary}", lines(&out));
+    let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
+    let order = check_order(&uids);
+    for key in &keys {
+        assert_eq!(
+            order[&format!("f-{key}")],
+            (0..90).collect::<Vec<_>>(),
+            "{key}"
+        );
+    }
+    let ls = rt.block_on(leases(&dynamo, &table));
+    let parent = ls.iter().find(|l| l.shard == first).expect("lease");
+    assert_eq!(parent.checkpoint, Checkpoint::End, "{parent:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,7 +27,9 @@ use crate::kinesis::aws;
 use crate::kinesis::lease::{self, Checkpoint, DynamoLeases, FileLeases, Lease, LeaseStore};
 use crate::pipeline::{Checkpointer, LaneError, LaneSource, LaneSpec, Lanes, PipelineError, Unit};
 use crate::record::Position;
-use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::types::{
+    ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
+};
 use aws_sdk_kinesis::Client;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -109,6 +111,8 @@ struct Reader {
     start: StartPlan,
     limit: i32,
     interval: Duration,
+    /// Enhanced fan-out: the registered consumer's ARN (`None`: polling).
+    consumer: Option<Arc<str>>,
     progress: Progress,
     lane: Arc<str>,
 }
@@ -157,7 +161,176 @@ impl Reader {
         }
     }
 
-    async fn run(mut self, tx: mpsc::Sender<Vec<Unit>>) {
+    async fn run(self, tx: mpsc::Sender<Vec<Unit>>) {
+        match self.consumer.clone() {
+            Some(arn) => self.subscribe(&arn, tx).await,
+            None => self.poll(tx).await,
+        }
+    }
+
+    /// Turns records into units; `after` moves to the last one.
+    fn units(&mut self, records: Vec<aws_sdk_kinesis::types::Record>) -> Vec<Unit> {
+        let mut units = Vec::with_capacity(records.len());
+        for r in records {
+            let seq: Arc<str> = Arc::from(r.sequence_number.as_str());
+            units.push(Unit {
+                position: Position::Kinesis {
+                    stream: self.stream.clone(),
+                    shard: self.shard.clone(),
+                    sequence: seq.clone(),
+                    index: None,
+                },
+                bytes: r.data.into_inner(),
+            });
+            self.after = Some(seq);
+        }
+        units
+    }
+
+    /// Enhanced fan-out: SubscribeToShard, each subscription pushing events for up to five
+    /// minutes, then subscribing again after the last record handed to the lane (or the
+    /// last event's continuation sequence number, when no record came: a quiet shard must
+    /// not fall back to LATEST and miss what arrives in between).
+    async fn subscribe(mut self, consumer: &str, tx: mpsc::Sender<Vec<Unit>>) {
+        let mut backoff = Backoff::new();
+        let mut continuation: Option<String> = None;
+        let mut quiet_since = Instant::now();
+        let mut checked = Instant::now();
+        loop {
+            let position = match (&self.after, &continuation, &self.start) {
+                (Some(seq), _, _) => StartingPosition::builder()
+                    .r#type(ShardIteratorType::AfterSequenceNumber)
+                    .sequence_number(seq.as_ref()),
+                (None, Some(c), _) => StartingPosition::builder()
+                    .r#type(ShardIteratorType::AfterSequenceNumber)
+                    .sequence_number(c),
+                (None, None, StartPlan::TrimHorizon) => {
+                    StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon)
+                }
+                (None, None, StartPlan::Latest) => {
+                    StartingPosition::builder().r#type(ShardIteratorType::Latest)
+                }
+                (None, None, StartPlan::AtTimestamp(ms)) => StartingPosition::builder()
+                    .r#type(ShardIteratorType::AtTimestamp)
+                    .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(*ms)),
+            };
+            let position = match position.build() {
+                Ok(p) => p,
+                Err(e) => {
+                    self.wait(&mut backoff, None, "SubscribeToShard", &e.to_string())
+                        .await;
+                    continue;
+                }
+            };
+            let sub = self
+                .client
+                .subscribe_to_shard()
+                .consumer_arn(consumer)
+                .shard_id(self.shard.as_ref())
+                .starting_position(position)
+                .send()
+                .await;
+            let mut out = match sub {
+                Ok(o) => o,
+                Err(e) => {
+                    let code =
+                        aws_sdk_kinesis::error::ProvideErrorMetadata::code(&e).map(str::to_string);
+                    self.wait(
+                        &mut backoff,
+                        code.as_deref(),
+                        "SubscribeToShard",
+                        &aws::describe(&e),
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            loop {
+                match out.event_stream.recv().await {
+                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
+                        backoff.reset();
+                        let ended = !ev.child_shards.as_ref().is_none_or(|c| c.is_empty())
+                            || ev.continuation_sequence_number.is_empty();
+                        if !ev.continuation_sequence_number.is_empty() {
+                            continuation = Some(ev.continuation_sequence_number.clone());
+                        }
+                        let behind = ev.millis_behind_latest;
+                        let units = self.units(ev.records);
+                        {
+                            let mut p = lock(&self.progress);
+                            p.behind_ms = Some(behind);
+                            if !units.is_empty() {
+                                p.read = self.after.clone();
+                            }
+                        }
+                        let got = !units.is_empty();
+                        if got && tx.send(units).await.is_err() {
+                            return;
+                        }
+                        if ended {
+                            lock(&self.progress).ended = true;
+                            return;
+                        }
+                        // A quiet shard may have been closed without the event saying so
+                        // (kinesis-local never sends ChildShards): then read the rest of it
+                        // by polling, which ends where the shard ends.
+                        if got {
+                            quiet_since = Instant::now();
+                        } else if quiet_since.elapsed() >= QUIET_CHECK
+                            && checked.elapsed() >= QUIET_CHECK
+                        {
+                            checked = Instant::now();
+                            if self.closed().await {
+                                tracing_line(
+                                    &self.lane,
+                                    "the shard is closed; reading its end by polling",
+                                );
+                                return self.poll(tx).await;
+                            }
+                        }
+                    }
+                    // The subscription's five minutes are over.
+                    Ok(None) => break,
+                    Ok(Some(other)) => {
+                        tracing_line(&self.lane, &format!("ignored an unknown event: {other:?}"));
+                    }
+                    Err(e) => {
+                        let why = format!("{e}");
+                        self.wait(&mut backoff, None, "SubscribeToShard event stream", &why)
+                            .await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The shard has an ending sequence number (split or merged away).
+    async fn closed(&self) -> bool {
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self.client.list_shards();
+            req = match &token {
+                Some(t) => req.next_token(t),
+                None => req.stream_name(self.stream.as_ref()),
+            };
+            let Ok(out) = req.send().await else {
+                return false;
+            };
+            if let Some(s) = out.shards().iter().find(|s| s.shard_id() == &*self.shard) {
+                return s
+                    .sequence_number_range()
+                    .is_some_and(|r| r.ending_sequence_number().is_some());
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return false,
+            }
+        }
+    }
+
+    /// Polling: GetShardIterator, then GetRecords in a loop.
+    async fn poll(mut self, tx: mpsc::Sender<Vec<Unit>>) {
         let mut backoff = Backoff::new();
         let mut iterator: Option<String> = None;
         let mut next_call = tokio::time::Instant::now();
@@ -206,21 +379,7 @@ impl Reader {
                 }
             };
             backoff.reset();
-            let records = out.records;
-            let mut units = Vec::with_capacity(records.len());
-            for r in records {
-                let seq: Arc<str> = Arc::from(r.sequence_number.as_str());
-                units.push(Unit {
-                    position: Position::Kinesis {
-                        stream: self.stream.clone(),
-                        shard: self.shard.clone(),
-                        sequence: seq.clone(),
-                        index: None,
-                    },
-                    bytes: r.data.into_inner(),
-                });
-                self.after = Some(seq);
-            }
+            let units = self.units(out.records);
             let caught_up = units.is_empty() || out.millis_behind_latest == Some(0);
             {
                 let mut p = lock(&self.progress);
@@ -269,6 +428,10 @@ fn tracing_line(lane: &str, msg: &str) {
     eprintln!("notice: lane {lane}: {msg}");
 }
 
+/// How long an enhanced fan-out subscription may bring nothing before the reader checks
+/// whether its shard was closed.
+const QUIET_CHECK: Duration = Duration::from_secs(3);
+
 /// Exponential backoff from 100 ms to 10 s.
 struct Backoff(u32);
 
@@ -306,6 +469,8 @@ struct Driver {
     stream: Arc<str>,
     held: BTreeMap<String, Held>,
     observed: lease::Observed,
+    /// Enhanced fan-out: the registered consumer's ARN.
+    consumer: Option<Arc<str>>,
 }
 
 fn input_err(e: impl std::fmt::Display) -> PipelineError {
@@ -370,6 +535,7 @@ impl Driver {
             start: self.plan.start,
             limit: self.plan.limit,
             interval: self.plan.interval,
+            consumer: self.consumer.clone(),
             progress: progress.clone(),
             lane: name.clone(),
         };
@@ -577,6 +743,46 @@ impl Driver {
     }
 }
 
+/// Registers the enhanced fan-out consumer (or finds it, registered by another replica) and
+/// waits until it is ACTIVE. Returns its ARN.
+async fn register(client: &Client, stream_arn: &str, name: &str) -> Result<String, PipelineError> {
+    let fail = |what: String| {
+        input_err(format!(
+            "enhanced fan-out consumer {name} on {stream_arn}: {what}; check that the credentials may call kinesis:RegisterStreamConsumer, DescribeStreamConsumer and SubscribeToShard (at most 20 consumers per stream)"
+        ))
+    };
+    let registered = client
+        .register_stream_consumer()
+        .stream_arn(stream_arn)
+        .consumer_name(name)
+        .send()
+        .await;
+    if let Err(e) = registered {
+        let in_use = e
+            .as_service_error()
+            .is_some_and(|s| s.is_resource_in_use_exception());
+        if !in_use {
+            return Err(fail(aws::describe(&e)));
+        }
+    }
+    for _ in 0..120 {
+        let d = client
+            .describe_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .map_err(|e| fail(aws::describe(&e)))?;
+        if let Some(c) = d.consumer_description() {
+            if c.consumer_status() == &ConsumerStatus::Active {
+                return Ok(c.consumer_arn().to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(fail("did not become ACTIVE within 60s".into()))
+}
+
 /// Runs the Kinesis input until `stop` or a lane fails for good.
 pub async fn drive(
     plan: KinesisInputPlan,
@@ -596,7 +802,7 @@ pub async fn drive(
         }
         LeasePlan::File(p) => LeaseStore::File(FileLeases::new(Some(p.clone()))),
     };
-    client
+    let summary = client
         .describe_stream_summary()
         .stream_name(&plan.stream)
         .send()
@@ -608,6 +814,16 @@ pub async fn drive(
                 aws::describe(&e)
             ))
         })?;
+    let consumer = match &plan.fan_out {
+        Some(name) => {
+            let arn = summary
+                .stream_description_summary()
+                .map(|d| d.stream_arn().to_string())
+                .unwrap_or_default();
+            Some(Arc::from(register(&client, &arn, name).await?.as_str()))
+        }
+        None => None,
+    };
     store.prepare().await.map_err(input_err)?;
     eprintln!(
         "notice: Kinesis stream {}: worker {} sharing shards through {}",
@@ -623,6 +839,7 @@ pub async fn drive(
         lanes,
         held: BTreeMap::new(),
         observed: lease::Observed::default(),
+        consumer,
     };
     d.sync_shards().await.map_err(input_err)?;
     let every = (d.plan.lease_duration / 3)
