@@ -1705,10 +1705,7 @@ dead_letter:
 
     #[test]
     fn a_kinesis_stream_arn_gives_the_name_and_the_region() {
-        let plan = parse(KINESIS)
-            .unwrap()
-            .resolve(Path::new("."))
-            .unwrap();
+        let plan = parse(KINESIS).unwrap().resolve(Path::new(".")).unwrap();
         let InputPlan::Kinesis(k) = &plan.input else {
             panic!("not a Kinesis input")
         };
