@@ -330,6 +330,7 @@ impl SourceSpec {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum OutputSpec {
     Kafka(KafkaOutputSpec),
+    Kinesis(KinesisOutputSpec),
     File(String),
 }
 
@@ -345,6 +346,12 @@ impl JsonSchema for OutputSpec {
                     "kafka",
                     gen.subschema_for::<KafkaOutputSpec>(),
                     "A Kafka topic, written by an idempotent producer.",
+                ),
+                (
+                    "kinesis",
+                    gen.subschema_for::<KinesisOutputSpec>(),
+                    "A Kinesis data stream (PutRecords); each event's partition key is its \
+                     lane's name, so a lane's events keep their order.",
                 ),
                 (
                     "file",
@@ -396,6 +403,7 @@ pub enum Partitioning {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum DeadLetterSpec {
     Kafka(KafkaDeadLetterSpec),
+    Kinesis(KinesisOutputSpec),
     File(String),
 }
 
@@ -414,6 +422,12 @@ impl JsonSchema for DeadLetterSpec {
                      are in `auditnorm-*` headers.",
                 ),
                 (
+                    "kinesis",
+                    gen.subschema_for::<KinesisOutputSpec>(),
+                    "A Kinesis data stream: each record is a dead-letter JSON document \
+                     (schemas/dead-letter.schema.json), keyed by its lane.",
+                ),
+                (
                     "file",
                     gen.subschema_for::<String>(),
                     "A file of dead-letter JSON lines (schemas/dead-letter.schema.json; \
@@ -422,6 +436,23 @@ impl JsonSchema for DeadLetterSpec {
             ],
         )
     }
+}
+
+/// A Kinesis data stream to write to. Credentials come from the AWS default chain.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisOutputSpec {
+    /// Stream name or ARN. It must exist.
+    pub stream: String,
+    /// AWS region; defaults to the ARN's, then to the default chain's.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override (a VPC endpoint, kinesis-local).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// How long a record may wait for others to fill its PutRecords batch.
+    #[serde(default = "defaults::linger")]
+    pub linger: HumanDuration,
 }
 
 /// A Kafka topic for dead letters.
@@ -516,6 +547,9 @@ mod defaults {
     }
     pub fn lease_duration() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
+    }
+    pub fn linger() -> HumanDuration {
+        HumanDuration(Duration::from_millis(20))
     }
     pub fn shard_sync_interval() -> HumanDuration {
         HumanDuration(Duration::from_secs(60))
@@ -844,6 +878,7 @@ pub struct KafkaInputPlan {
 #[derive(Debug, Clone)]
 pub enum DestinationPlan {
     Kafka(KafkaTopicPlan),
+    Kinesis(Box<crate::sink::kinesis::KinesisOutputSettings>),
     /// A line file, stdout (events) or stderr (dead letters).
     File(Target),
 }
@@ -1066,6 +1101,36 @@ fn stream_problem(name: &str) -> Option<String> {
                 "`{name}`: stream names use only letters, digits, `.`, `_` and `-` (found {c:?})"
             )
         })
+}
+
+/// A Kinesis destination: the sink's settings, with the lane settings' retry policy.
+fn kinesis_output(
+    k: &KinesisOutputSpec,
+    lanes: &LaneSettings,
+    at: &str,
+    p: &mut Collect,
+) -> DestinationPlan {
+    let (arn_region, name) = match stream_arn(&k.stream) {
+        Some((r, n)) => (Some(r.to_string()), n.to_string()),
+        None => (None, k.stream.clone()),
+    };
+    if k.stream.starts_with("arn:") && arn_region.is_none() {
+        p.push(
+            format!("{at}.stream"),
+            format!("`{}` is not a Kinesis stream ARN", k.stream),
+        );
+    } else if let Some(why) = stream_problem(&name) {
+        p.push(format!("{at}.stream"), why);
+    }
+    let aws = crate::kinesis::aws::AwsSettings {
+        region: k.region.clone().or(arn_region),
+        endpoint: k.endpoint.clone(),
+    };
+    let mut s = crate::sink::kinesis::KinesisOutputSettings::new(name, aws);
+    s.linger = k.linger.0;
+    s.max_in_flight = lanes.in_flight.saturating_mul(4).max(1000);
+    s.request_timeout = lanes.delivery_timeout;
+    DestinationPlan::Kinesis(Box::new(s))
 }
 
 fn default_worker_id() -> String {
@@ -1331,6 +1396,7 @@ impl ConfigFile {
                 "output.kafka",
                 &mut p,
             )),
+            OutputSpec::Kinesis(k) => kinesis_output(k, &lanes, "output.kinesis", &mut p),
             OutputSpec::File(f) => {
                 DestinationPlan::File(file_target(f, Target::Stdout, base, "output.file", &mut p))
             }
@@ -1345,6 +1411,7 @@ impl ConfigFile {
                 "dead_letter.kafka",
                 &mut p,
             )),
+            DeadLetterSpec::Kinesis(k) => kinesis_output(k, &lanes, "dead_letter.kinesis", &mut p),
             DeadLetterSpec::File(f) => DestinationPlan::File(file_target(
                 f,
                 Target::Stderr,
@@ -1385,6 +1452,14 @@ impl ConfigFile {
                 p.push(
                     "dead_letter.kafka.topic",
                     "events and dead letters would share one topic; name a separate dead-letter topic",
+                );
+            }
+            (DestinationPlan::Kinesis(o), DestinationPlan::Kinesis(d))
+                if o.stream == d.stream && o.aws == d.aws =>
+            {
+                p.push(
+                    "dead_letter.kinesis.stream",
+                    "events and dead letters would share one stream; name a separate dead-letter stream",
                 );
             }
             (DestinationPlan::File(Target::File(o)), DestinationPlan::File(Target::File(d)))

@@ -613,3 +613,109 @@ fn enhanced_fan_out_reads_every_shard_in_order_across_a_split() {
     assert_eq!(parent.checkpoint, Checkpoint::End, "{parent:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let (input, output, dlq) = (kc::unique("in"), kc::unique("out"), kc::unique("dlq"));
+    let table = kc::unique("leases");
+    let t = templates();
+    let shards: Vec<String> = rt.block_on(async {
+        kc::create_stream(&client, &input, 3).await;
+        kc::create_stream(&client, &output, 2).await;
+        kc::create_stream(&client, &dlq, 1).await;
+        kc::list_shards(&client, &input)
+            .await
+            .iter()
+            .map(|s| s.shard_id().to_string())
+            .collect()
+    });
+    rt.block_on(async {
+        for (k, s) in shards.iter().enumerate() {
+            let recs: Vec<Vec<u8>> = (0..200)
+                .map(|i| record(&t, i, &id("o", &format!("s{k}"), i)))
+                .collect();
+            let mut refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
+            refs.insert(50, b"not json at all");
+            kc::put_to_shard(&client, &input, s, &refs).await;
+        }
+    });
+    let dir = scratch("kinesis-out");
+    let text = yaml(
+        &kinesis,
+        &dynamo,
+        &input,
+        &table,
+        Path::new("-"),
+        Path::new("-"),
+        "",
+    )
+    .replace(
+        "output:\n  file: -",
+        &format!("output:\n  kinesis: {{stream: {output}, region: us-east-1, endpoint: \"{kinesis}\"}}"),
+    )
+    .replace(
+        "dead_letter:\n  file: -",
+        &format!("dead_letter:\n  kinesis: {{stream: {dlq}, region: us-east-1, endpoint: \"{kinesis}\"}}"),
+    );
+    let run = Running::start(&text);
+    let count = |stream: &str| -> usize {
+        rt.block_on(kc::read_all(&client, stream))
+            .values()
+            .map(Vec::len)
+            .sum()
+    };
+    let done = wait_until(Duration::from_secs(60), || {
+        count(&output) >= 600 && count(&dlq) >= 3
+    });
+    let summary = run.stop().expect("clean stop");
+    assert!(
+        done,
+        "{} events, {} dead letters; {summary}",
+        count(&output),
+        count(&dlq)
+    );
+    // Each lane's events share one partition key (the lane's name) and keep its order.
+    let got = rt.block_on(kc::read_all_keyed(&client, &output));
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for records in got.values() {
+        for g in records {
+            let v: serde_json::Value = serde_json::from_slice(&g.data).expect("event JSON");
+            per_key
+                .entry(g.partition_key.clone())
+                .or_default()
+                .push(v["metadata"]["uid"].as_str().expect("uid").to_string());
+        }
+    }
+    assert_eq!(
+        per_key.len(),
+        3,
+        "one partition key per lane: {:?}",
+        per_key.keys()
+    );
+    for (key, uids) in &per_key {
+        assert!(key.starts_with(&format!("{input}/shardId-")), "{key}");
+        let order = check_order(uids);
+        assert_eq!(order.len(), 1, "one input shard per key: {key}");
+        assert_eq!(
+            order.values().next().unwrap(),
+            &(0..200).collect::<Vec<_>>()
+        );
+    }
+    let dead = rt.block_on(kc::read_all_keyed(&client, &dlq));
+    let dls: Vec<serde_json::Value> = dead
+        .values()
+        .flatten()
+        .map(|g| serde_json::from_slice(&g.data).expect("dead-letter JSON"))
+        .collect();
+    assert_eq!(dls.len(), 3);
+    for d in &dls {
+        assert!(d.to_string().contains("not json at all"), "{d}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
