@@ -1838,4 +1838,16 @@ dead_letter:
         };
         assert_eq!(k.start, StartPlan::AtTimestamp(1_793_491_200_000));
     }
+
+    #[test]
+    fn the_kinesis_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kinesis.yaml");
+        let plan = load(&path).unwrap_or_else(|p| panic!("{p}"));
+        let InputPlan::Kinesis(k) = &plan.input else {
+            panic!("not a Kinesis input")
+        };
+        assert_eq!(k.stream, "audit-trail");
+        assert!(matches!(plan.output, DestinationPlan::Kinesis(_)));
+        assert!(matches!(plan.dead_letter, DestinationPlan::Kinesis(_)));
+    }
 }
