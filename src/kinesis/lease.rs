@@ -889,4 +889,96 @@ mod tests {
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A worker in a simulation: what it holds, what it has seen.
+    struct Sim {
+        id: String,
+        held: BTreeMap<String, Lease>,
+        observed: Observed,
+        alive: bool,
+    }
+
+    /// One round of a worker, as the Kinesis driver does it: list, drop what changed under
+    /// it, renew, take.
+    async fn round(st: &LeaseStore, w: &mut Sim, now: Instant) {
+        let leases = st.list().await.unwrap();
+        w.observed.update(&leases, now);
+        w.held.retain(|s, h| {
+            leases
+                .iter()
+                .any(|l| l.shard == *s && l.counter == h.counter && l.owner == h.owner)
+        });
+        let shards: Vec<String> = w.held.keys().cloned().collect();
+        for s in shards {
+            match st.renew(&w.held[&s]).await.unwrap() {
+                Some(l) => {
+                    w.held.insert(s, l);
+                }
+                None => {
+                    w.held.remove(&s);
+                }
+            }
+        }
+        let view: Vec<Lease> = st
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| w.held.get(&l.shard).cloned().unwrap_or(l))
+            .collect();
+        for l in to_take(&view, &w.id, &w.observed, now, D) {
+            if let Some(t) = st.take(&l, &w.id).await.unwrap() {
+                w.held.insert(t.shard.clone(), t);
+            }
+        }
+    }
+
+    #[test]
+    fn workers_balance_and_a_dead_workers_leases_are_taken_over() {
+        block(async {
+            let st = LeaseStore::File(FileLeases::new(None));
+            for i in 0..8 {
+                st.create(&format!("shard-{i}"), &[]).await.unwrap();
+            }
+            let mut ws: Vec<Sim> = ["a", "b", "c"]
+                .iter()
+                .map(|id| Sim {
+                    id: id.to_string(),
+                    held: BTreeMap::new(),
+                    observed: Observed::default(),
+                    alive: true,
+                })
+                .collect();
+            let t0 = Instant::now();
+            let step = D / 3;
+            let mut now = t0;
+            // "a" starts alone and takes everything; b and c join and steal one at a time.
+            round(&st, &mut ws[0], now).await;
+            assert_eq!(ws[0].held.len(), 8);
+            for _ in 0..12 {
+                now += step;
+                for w in ws.iter_mut().filter(|w| w.alive) {
+                    round(&st, w, now).await;
+                }
+            }
+            let counts: Vec<usize> = ws.iter().map(|w| w.held.len()).collect();
+            assert!(counts.iter().all(|&n| (2..=3).contains(&n)), "{counts:?}");
+            assert_eq!(counts.iter().sum::<usize>(), 8, "every shard held once");
+            // "b" dies (its rounds stop): after the lease duration a and c share its shards.
+            ws[1].alive = false;
+            for _ in 0..8 {
+                now += step;
+                for w in ws.iter_mut().filter(|w| w.alive) {
+                    round(&st, w, now).await;
+                }
+            }
+            let leases = st.list().await.unwrap();
+            assert!(
+                leases.iter().all(|l| l.owner.as_deref() != Some("b")),
+                "{leases:?}"
+            );
+            let (a, c) = (ws[0].held.len(), ws[2].held.len());
+            assert_eq!((a + c, a.abs_diff(c) <= 1), (8, true), "a {a}, c {c}");
+        });
+    }
 }
