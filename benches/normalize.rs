@@ -1,5 +1,6 @@
 //! Criterion bench of the normalize step alone (parse, map, validate, encode) on CloudTrail
-//! records of ~1.1 KB, the unit the per-core throughput target is about.
+//! records of ~1.1 KB, the unit the per-core throughput target is about; and the same records
+//! in KPL aggregates, for the cost of de-aggregation per record.
 
 use auditnorm::mapping::Mappings;
 use auditnorm::normalize::{Emit, EventInfo, Normalizer};
@@ -39,6 +40,37 @@ fn bench(c: &mut Criterion) {
             let mut sink = Count(0);
             for l in &lines {
                 n.normalize(l.as_bytes(), &pos, &mut sink);
+            }
+            sink.0
+        })
+    });
+    // The same records in KPL aggregates of 50 (about 55 KB each, as a KPL producer packs
+    // them), at a Kinesis position: the de-aggregation cost per record on top of the above.
+    let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    let aggregates: Vec<Vec<u8>> = refs
+        .chunks(50)
+        .enumerate()
+        .map(|(n, chunk)| {
+            let keys: Vec<String> = (0..chunk.len()).map(|i| format!("k{n}-{i}")).collect();
+            let pairs: Vec<(&str, &[u8])> = keys
+                .iter()
+                .map(String::as_str)
+                .zip(chunk.iter().copied())
+                .collect();
+            auditnorm::kinesis::kpl::aggregate(&pairs)
+        })
+        .collect();
+    let kpos = Position::Kinesis {
+        stream: "bench".into(),
+        shard: "shardId-000000000000".into(),
+        sequence: "49654120731196893497375389437254946352346789012345678962".into(),
+        index: None,
+    };
+    g.bench_function("cloudtrail_1k_records_kpl_aggregated_by_50", |b| {
+        b.iter(|| {
+            let mut sink = Count(0);
+            for a in &aggregates {
+                n.normalize(a, &kpos, &mut sink);
             }
             sink.0
         })
