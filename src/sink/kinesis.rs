@@ -1112,6 +1112,184 @@ mod tests {
             .contains("257 characters"));
     }
 
+    fn worker(budget: u32) -> (Worker, Arc<Shared>) {
+        let conf = aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .build();
+        let shared = Arc::new(Shared {
+            outstanding: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            stats: SinkStats::default(),
+        });
+        let w = Worker {
+            client: aws_sdk_kinesis::Client::from_conf(conf),
+            target: Target::Name("out".into()),
+            linger: Duration::ZERO,
+            max_concurrent: 4,
+            retry: RetryPolicy {
+                budget,
+                backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+            },
+            request_timeout: Duration::from_secs(1),
+            shared: shared.clone(),
+            pending: VecDeque::new(),
+            busy: HashSet::new(),
+            retry_waiting: 0,
+        };
+        (w, shared)
+    }
+
+    type Rx = oneshot::Receiver<Result<(), String>>;
+
+    fn entry(shared: &Shared, key: &str, data: &str) -> (Entry, Rx) {
+        shared.outstanding.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let e = Entry {
+            key: Arc::from(key),
+            data: data.as_bytes().to_vec(),
+            tx,
+            queued: Instant::now(),
+            attempts: 0,
+            not_before: None,
+        };
+        (e, rx)
+    }
+
+    fn names(batch: &[Entry]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|e| String::from_utf8(e.data.clone()).unwrap())
+            .collect()
+    }
+
+    fn pte() -> Option<(String, String)> {
+        Some((
+            "ProvisionedThroughputExceededException".into(),
+            "slow down".into(),
+        ))
+    }
+
+    #[test]
+    fn the_worker_resends_a_failed_entry_and_the_rest_of_its_key_in_order_after_a_backoff() {
+        let (mut w, shared) = worker(3);
+        let mut rx = Receivers::default();
+        for (k, d) in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3")] {
+            let (e, r) = entry(&shared, k, d);
+            rx.0.push((d, r));
+            w.pending.push_back(e);
+        }
+        let t0 = Instant::now();
+        let batch = w.take_batch(t0, true).ok().expect("a batch");
+        assert_eq!(names(&batch), ["a1", "b1", "a2", "a3"]);
+        // a2 throttled: a1 and b1 are delivered; a2 and a3 wait for a backoff.
+        w.finish(batch, Ok(vec![None, None, pte(), None]));
+        assert_eq!(rx.take("a1"), Some(Ok(())));
+        assert_eq!(rx.take("b1"), Some(Ok(())));
+        assert_eq!(rx.take("a2"), None);
+        assert_eq!(rx.take("a3"), None);
+        assert_eq!(shared.outstanding.load(Relaxed), 2);
+        // Records sent meanwhile: b goes at once, a waits behind a2 and a3.
+        for (k, d) in [("a", "a4"), ("b", "b2")] {
+            let (e, r) = entry(&shared, k, d);
+            rx.0.push((d, r));
+            w.pending.push_back(e);
+        }
+        let batch = w.take_batch(Instant::now(), true).ok().expect("a batch");
+        assert_eq!(names(&batch), ["b2"]);
+        w.finish(batch, Ok(vec![None]));
+        assert!(w.take_batch(Instant::now(), true).is_err());
+        // After the backoff: a2, a3 (again: it was accepted before a2), a4.
+        let later = t0 + Duration::from_millis(150);
+        let batch = w.take_batch(later, true).ok().expect("a batch");
+        assert_eq!(names(&batch), ["a2", "a3", "a4"]);
+        w.finish(batch, Ok(vec![None, None, None]));
+        for d in ["a2", "a3", "a4", "b2"] {
+            assert_eq!(rx.take(d), Some(Ok(())), "{d}");
+        }
+        assert_eq!(shared.outstanding.load(Relaxed), 0);
+        assert_eq!(shared.stats.resent.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_record_that_fails_for_good_fails_the_later_records_of_its_key() {
+        let (mut w, shared) = worker(1);
+        let mut rx = Receivers::default();
+        for (k, d) in [("a", "a1"), ("a", "a2"), ("b", "b1")] {
+            let (e, r) = entry(&shared, k, d);
+            rx.0.push((d, r));
+            w.pending.push_back(e);
+        }
+        let batch = w.take_batch(Instant::now(), true).ok().expect("a batch");
+        w.finish(batch, Ok(vec![pte(), None, None]));
+        assert_eq!(rx.take("b1"), Some(Ok(())));
+        // a3, sent meanwhile, waits behind the backoff.
+        let (e, r) = entry(&shared, "a", "a3");
+        rx.0.push(("a3", r));
+        w.pending.push_back(e);
+        let later = Instant::now() + Duration::from_millis(150);
+        let batch = w.take_batch(later, true).ok().expect("a batch");
+        assert_eq!(names(&batch), ["a1", "a2", "a3"]);
+        // a1 fails again: over the budget of 1.
+        w.finish(batch, Ok(vec![pte(), None, None]));
+        let e1 = rx.take("a1").unwrap().unwrap_err();
+        assert!(e1.contains("2 times") && e1.contains("slow down"), "{e1}");
+        for d in ["a2", "a3"] {
+            let e = rx.take(d).unwrap().unwrap_err();
+            assert!(
+                e.contains("earlier record with the same partition key"),
+                "{d}: {e}"
+            );
+        }
+        // A permanent entry error fails at once; a whole-call failure fails the batch and what
+        // waits behind it.
+        let (e, r) = entry(&shared, "c", "c1");
+        rx.0.push(("c1", r));
+        w.pending.push_back(e);
+        let batch = w.take_batch(Instant::now(), true).ok().expect("a batch");
+        w.finish(
+            batch,
+            Ok(vec![Some((
+                "InvalidArgumentException".into(),
+                "too big".into(),
+            ))]),
+        );
+        assert!(rx.take("c1").unwrap().unwrap_err().contains("too big"));
+        for (k, d) in [("d", "d1"), ("d", "d2")] {
+            let (e, r) = entry(&shared, k, d);
+            rx.0.push((d, r));
+            w.pending.push_back(e);
+        }
+        let mut batch = w.take_batch(Instant::now(), true).ok().expect("a batch");
+        let d2 = batch.pop().unwrap();
+        w.pending.push_back(d2);
+        w.finish(
+            batch,
+            Err("PutRecords failed: throttled (11 attempts)".into()),
+        );
+        assert!(rx.take("d1").unwrap().unwrap_err().contains("11 attempts"));
+        assert!(rx
+            .take("d2")
+            .unwrap()
+            .unwrap_err()
+            .contains("earlier record"));
+        assert_eq!(shared.outstanding.load(Relaxed), 0);
+        assert!(w.pending.is_empty() && w.busy.is_empty() && w.retry_waiting == 0);
+    }
+
+    /// Delivery receivers by record name.
+    #[derive(Default)]
+    struct Receivers(Vec<(&'static str, Rx)>);
+
+    impl Receivers {
+        /// The record's result if it is resolved.
+        fn take(&mut self, name: &str) -> Option<Result<(), String>> {
+            let (_, rx) = self.0.iter_mut().find(|(n, _)| *n == name)?;
+            rx.try_recv().ok()
+        }
+    }
+
     #[test]
     fn only_throughput_and_internal_entry_errors_are_retried() {
         assert!(retryable_entry_error(
