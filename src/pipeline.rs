@@ -763,6 +763,7 @@ impl Lane {
                     Err(e) => {
                         self.checkpoint(&mut ckpt);
                         self.publish();
+                        self.metrics.stopped();
                         return Err(e);
                     }
                 }
@@ -831,6 +832,7 @@ impl Lane {
         };
         self.checkpoint(&mut ckpt);
         self.publish();
+        self.metrics.stopped();
         Ok(end)
     }
 }

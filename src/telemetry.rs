@@ -446,8 +446,8 @@ pub struct LaneMetrics {
     received: Counter,
     acknowledged: Counter,
     in_flight: Gauge,
-    position: Gauge,
-    lag: Gauge,
+    /// Registered at the first checkpoint (a series of 0 before would be a false position).
+    position: Option<Gauge>,
     normalize: Histogram,
     checkpoint_latency: Histogram,
     /// (source, class_uid) -> counter; a handful per lane.
@@ -467,9 +467,8 @@ impl LaneMetrics {
             lane: lane.clone(),
             received: metrics::counter!(metric::RECORDS_RECEIVED, label::LANE => l.clone()),
             acknowledged: metrics::counter!(metric::RECORDS_ACKNOWLEDGED, label::LANE => l.clone()),
-            in_flight: metrics::gauge!(metric::LANE_IN_FLIGHT, label::LANE => l.clone()),
-            position: metrics::gauge!(metric::LANE_CHECKPOINT_POSITION, label::LANE => l.clone()),
-            lag: metrics::gauge!(metric::LANE_LAG, label::LANE => l),
+            in_flight: metrics::gauge!(metric::LANE_IN_FLIGHT, label::LANE => l),
+            position: None,
             normalize: metrics::histogram!(metric::NORMALIZE_DURATION),
             checkpoint_latency: metrics::histogram!(metric::CHECKPOINT_LATENCY),
             events: Vec::new(),
@@ -552,14 +551,20 @@ impl LaneMetrics {
     }
 
     /// A checkpoint succeeded: `upto` and when that record was read.
-    pub fn checkpointed(&self, upto: &Position, read_at: Option<Instant>) {
-        match upto {
-            Position::Kafka { offset, .. } => self.position.set(*offset as f64),
-            Position::File { line, offset, .. } => {
-                self.position.set(line.unwrap_or(*offset) as f64)
-            }
+    pub fn checkpointed(&mut self, upto: &Position, read_at: Option<Instant>) {
+        let at = match upto {
+            Position::Kafka { offset, .. } => Some(*offset as f64),
+            Position::File { line, offset, .. } => Some(line.unwrap_or(*offset) as f64),
             // A sequence number of up to 129 digits is no float.
-            Position::Kinesis { .. } => {}
+            Position::Kinesis { .. } => None,
+        };
+        if let Some(at) = at {
+            let lane = &self.lane;
+            self.position
+                .get_or_insert_with(|| {
+                    metrics::gauge!(metric::LANE_CHECKPOINT_POSITION, label::LANE => lane.to_string())
+                })
+                .set(at);
         }
         if let Some(t) = read_at {
             self.checkpoint_latency.record(t.elapsed().as_secs_f64());
@@ -597,7 +602,7 @@ impl LaneMetrics {
     /// The lane stopped: its gauges go to 0 (another member may own it now).
     pub fn stopped(&self) {
         self.in_flight.set(0.0);
-        self.lag.set(0.0);
+        lane_lag(&self.lane, 0);
     }
 }
 
@@ -797,6 +802,7 @@ pub fn kafka_client_log(
     }
 }
 
+/// A librdkafka error; `repeated > 0`: this line came that many more times (held back).
 pub fn kafka_client_error(client: &str, error: &str, repeated: u64) {
     if repeated > 0 {
         tracing::warn!(
@@ -804,7 +810,7 @@ pub fn kafka_client_error(client: &str, error: &str, repeated: u64) {
             client,
             error,
             repeated,
-            "kafka client error (repeated)"
+            "kafka client error: repeated {repeated} more times"
         );
     } else {
         tracing::warn!(
