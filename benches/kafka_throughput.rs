@@ -624,7 +624,9 @@ type PtConsumer = StreamConsumer<PtContext>;
 fn passthrough_child() {
     let path = std::env::var("AUDITNORM_BENCH_CONFIG").expect("AUDITNORM_BENCH_CONFIG");
     let plan = config::load(Path::new(&path)).expect("config");
-    let InputPlan::Kafka(input) = plan.input;
+    let InputPlan::Kafka(input) = plan.input else {
+        panic!("the bench config has a Kafka input")
+    };
     let DestinationPlan::Kafka(output) = plan.output else {
         panic!("kafka output")
     };

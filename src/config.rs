@@ -161,6 +161,7 @@ impl std::fmt::Display for OptionValue {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum InputSpec {
     Kafka(KafkaInputSpec),
+    Kinesis(KinesisInputSpec),
 }
 
 impl JsonSchema for InputSpec {
@@ -170,13 +171,132 @@ impl JsonSchema for InputSpec {
     fn json_schema(gen: &mut SchemaGenerator) -> Schema {
         one_key(
             "Where records come from: exactly one of the keys.",
-            vec![(
-                "kafka",
-                gen.subschema_for::<KafkaInputSpec>(),
-                "A consumer group reading Kafka topics; one lane per assigned partition.",
-            )],
+            vec![
+                (
+                    "kafka",
+                    gen.subschema_for::<KafkaInputSpec>(),
+                    "A consumer group reading Kafka topics; one lane per assigned partition.",
+                ),
+                (
+                    "kinesis",
+                    gen.subschema_for::<KinesisInputSpec>(),
+                    "A Kinesis data stream; one lane per shard, shards shared by replicas \
+                     through a lease table.",
+                ),
+            ],
         )
     }
+}
+
+/// A Kinesis data stream, read shard by shard. Credentials come from the AWS default chain
+/// (environment, profile, IRSA web identity, container or instance role).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisInputSpec {
+    /// Stream name, or its ARN (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`).
+    pub stream: String,
+    /// AWS region; defaults to the ARN's region, then to the default chain's (AWS_REGION).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override (a VPC endpoint, or kinesis-local for tests), e.g. `http://host:4568`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The source of the stream's records, or `auto` to detect it per record.
+    #[serde(default = "defaults::source")]
+    pub source: SourceSpec,
+    /// Where a shard with no checkpoint yet is read from.
+    #[serde(default)]
+    pub starting_position: StartingPosition,
+    /// With `starting_position: at_timestamp`: an RFC 3339 time, e.g. `2026-11-01T00:00:00Z`.
+    #[serde(default)]
+    pub starting_timestamp: Option<String>,
+    /// Pause between two GetRecords calls on one shard when it is caught up (Kinesis allows
+    /// five calls per second per shard, shared by every consumer).
+    #[serde(default = "defaults::poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// Records per GetRecords call (1 to 10000).
+    #[serde(default = "defaults::poll_limit")]
+    pub poll_limit: u32,
+    /// Read with enhanced fan-out instead of polling: the name of the stream consumer to
+    /// register (RegisterStreamConsumer, once; replicas share it) and SubscribeToShard per
+    /// shard. Each consumer gets its own 2 MB/s per shard and records are pushed as they
+    /// arrive.
+    #[serde(default)]
+    pub enhanced_fan_out: Option<String>,
+    /// Where leases and checkpoints live: a DynamoDB table shared by every replica, or a
+    /// file for a single replica.
+    pub leases: LeaseSpec,
+    /// A lease whose counter stood still this long is taken over by another replica; leases
+    /// are renewed every third of it.
+    #[serde(default = "defaults::lease_duration")]
+    pub lease_duration: HumanDuration,
+    /// How often the stream's shard list is read for new shards (a shard that ends makes its
+    /// owner read it at once).
+    #[serde(default = "defaults::shard_sync_interval")]
+    pub shard_sync_interval: HumanDuration,
+    /// This replica's name in the lease table; defaults to the host name, the process id and
+    /// a random suffix. Unique per running process.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StartingPosition {
+    /// The oldest record still in the stream.
+    #[default]
+    TrimHorizon,
+    /// Only records written after the shard is first read.
+    Latest,
+    /// Records from `starting_timestamp` on.
+    AtTimestamp,
+}
+
+/// Where a Kinesis input keeps its leases: exactly one of the keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum LeaseSpec {
+    Dynamodb(DynamoLeaseSpec),
+    File(String),
+}
+
+impl JsonSchema for LeaseSpec {
+    fn schema_name() -> String {
+        "LeaseSpec".into()
+    }
+    fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+        one_key(
+            "Where a Kinesis input keeps its leases: exactly one of the keys.",
+            vec![
+                (
+                    "dynamodb",
+                    gen.subschema_for::<DynamoLeaseSpec>(),
+                    "A DynamoDB table (created on demand, on-demand billing), one item per \
+                     shard, shared by every replica.",
+                ),
+                (
+                    "file",
+                    gen.subschema_for::<String>(),
+                    "A JSON file (relative to this file's directory) for a single replica; \
+                     give it a volume (a StatefulSet) so that checkpoints survive restarts.",
+                ),
+            ],
+        )
+    }
+}
+
+/// A DynamoDB lease table.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoLeaseSpec {
+    /// Table name: one per application and stream.
+    pub table: String,
+    /// Region of the table; defaults to the stream's.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override (dynalite for tests, a VPC endpoint).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// A consumer group reading Kafka topics.
@@ -232,6 +352,7 @@ impl SourceSpec {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum OutputSpec {
     Kafka(KafkaOutputSpec),
+    Kinesis(KinesisOutputSpec),
     File(String),
 }
 
@@ -247,6 +368,12 @@ impl JsonSchema for OutputSpec {
                     "kafka",
                     gen.subschema_for::<KafkaOutputSpec>(),
                     "A Kafka topic, written by an idempotent producer.",
+                ),
+                (
+                    "kinesis",
+                    gen.subschema_for::<KinesisOutputSpec>(),
+                    "A Kinesis data stream (PutRecords); each event's partition key is its \
+                     lane's name, so a lane's events keep their order.",
                 ),
                 (
                     "file",
@@ -298,6 +425,7 @@ pub enum Partitioning {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum DeadLetterSpec {
     Kafka(KafkaDeadLetterSpec),
+    Kinesis(KinesisOutputSpec),
     File(String),
 }
 
@@ -316,6 +444,12 @@ impl JsonSchema for DeadLetterSpec {
                      are in `auditnorm-*` headers.",
                 ),
                 (
+                    "kinesis",
+                    gen.subschema_for::<KinesisOutputSpec>(),
+                    "A Kinesis data stream: each record is a dead-letter JSON document \
+                     (schemas/dead-letter.schema.json), keyed by its lane.",
+                ),
+                (
                     "file",
                     gen.subschema_for::<String>(),
                     "A file of dead-letter JSON lines (schemas/dead-letter.schema.json; \
@@ -324,6 +458,23 @@ impl JsonSchema for DeadLetterSpec {
             ],
         )
     }
+}
+
+/// A Kinesis data stream to write to. Credentials come from the AWS default chain.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisOutputSpec {
+    /// Stream name or ARN. It must exist.
+    pub stream: String,
+    /// AWS region; defaults to the ARN's, then to the default chain's.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override (a VPC endpoint, kinesis-local).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// How long a record may wait for others to fill its PutRecords batch.
+    #[serde(default = "defaults::linger")]
+    pub linger: HumanDuration,
 }
 
 /// A Kafka topic for dead letters.
@@ -404,8 +555,27 @@ impl Default for RetrySpec {
 }
 
 mod defaults {
-    use super::HumanDuration;
+    use super::{HumanDuration, SourceSpec};
     use std::time::Duration;
+
+    pub fn source() -> SourceSpec {
+        SourceSpec::Auto
+    }
+    pub fn poll_interval() -> HumanDuration {
+        HumanDuration(Duration::from_millis(250))
+    }
+    pub fn poll_limit() -> u32 {
+        10000
+    }
+    pub fn lease_duration() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub fn linger() -> HumanDuration {
+        HumanDuration(Duration::from_millis(20))
+    }
+    pub fn shard_sync_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
 
     pub fn commit_interval() -> HumanDuration {
         HumanDuration(Duration::from_secs(5))
@@ -688,6 +858,52 @@ pub struct MetricsPlan {
 #[derive(Debug, Clone)]
 pub enum InputPlan {
     Kafka(KafkaInputPlan),
+    Kinesis(Box<KinesisInputPlan>),
+}
+
+#[derive(Debug, Clone)]
+pub struct KinesisInputPlan {
+    /// The stream's name (taken from the ARN when one was given).
+    pub stream: String,
+    pub aws: crate::kinesis::aws::AwsSettings,
+    pub source: Option<SourceKind>,
+    pub start: StartPlan,
+    pub interval: Duration,
+    pub limit: i32,
+    /// Enhanced fan-out: the consumer name (`None`: polling).
+    pub fan_out: Option<String>,
+    pub leases: LeasePlan,
+    pub lease_duration: Duration,
+    pub commit_interval: Duration,
+    pub shard_sync_interval: Duration,
+    pub worker_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPlan {
+    TrimHorizon,
+    Latest,
+    /// Milliseconds since the Unix epoch.
+    AtTimestamp(i64),
+}
+
+impl std::fmt::Display for StartPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartPlan::TrimHorizon => f.write_str("TRIM_HORIZON"),
+            StartPlan::Latest => f.write_str("LATEST"),
+            StartPlan::AtTimestamp(ms) => write!(f, "AT_TIMESTAMP {ms}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum LeasePlan {
+    Dynamo {
+        table: String,
+        aws: crate::kinesis::aws::AwsSettings,
+    },
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -702,6 +918,7 @@ pub struct KafkaInputPlan {
 #[derive(Debug, Clone)]
 pub enum DestinationPlan {
     Kafka(KafkaTopicPlan),
+    Kinesis(Box<crate::sink::kinesis::KinesisOutputSettings>),
     /// A line file, stdout (events) or stderr (dead letters).
     File(Target),
 }
@@ -897,6 +1114,226 @@ fn librdkafka_accepts(key: &str, value: &str) -> Result<(), String> {
     })
 }
 
+/// `arn:aws:kinesis:REGION:ACCOUNT:stream/NAME` -> (REGION, NAME).
+fn stream_arn(s: &str) -> Option<(&str, &str)> {
+    let rest = s.strip_prefix("arn:")?;
+    let mut parts = rest.splitn(5, ':');
+    let (_partition, service, region, _account, resource) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let name = resource.strip_prefix("stream/")?;
+    (service == "kinesis" && !region.is_empty() && !name.is_empty()).then_some((region, name))
+}
+
+/// Kinesis stream names: 1 to 128 of letters, digits, `_`, `.` and `-`.
+fn stream_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 128 {
+        return Some("a stream name has 1 to 128 characters".into());
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(|c| {
+            format!(
+                "`{name}`: stream names use only letters, digits, `.`, `_` and `-` (found {c:?})"
+            )
+        })
+}
+
+/// A Kinesis destination: the sink's settings, with the lane settings' retry policy.
+fn kinesis_output(
+    k: &KinesisOutputSpec,
+    lanes: &LaneSettings,
+    at: &str,
+    p: &mut Collect,
+) -> DestinationPlan {
+    let (arn_region, name) = match stream_arn(&k.stream) {
+        Some((r, n)) => (Some(r.to_string()), n.to_string()),
+        None => (None, k.stream.clone()),
+    };
+    if k.stream.starts_with("arn:") && arn_region.is_none() {
+        p.push(
+            format!("{at}.stream"),
+            format!("`{}` is not a Kinesis stream ARN", k.stream),
+        );
+    } else if let Some(why) = stream_problem(&name) {
+        p.push(format!("{at}.stream"), why);
+    }
+    let aws = crate::kinesis::aws::AwsSettings {
+        region: k.region.clone().or(arn_region),
+        endpoint: k.endpoint.clone(),
+    };
+    let mut s = crate::sink::kinesis::KinesisOutputSettings::new(name, aws);
+    s.linger = k.linger.0;
+    s.max_in_flight = lanes.in_flight.saturating_mul(4).max(1000);
+    s.request_timeout = lanes.delivery_timeout;
+    DestinationPlan::Kinesis(Box::new(s))
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "auditnorm".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{host}-{}-{:04x}", std::process::id(), nanos & 0xffff)
+}
+
+fn kinesis_input(
+    k: &KinesisInputSpec,
+    lanes: &LaneSettings,
+    base: &Path,
+    p: &mut Collect,
+    later: &mut Collect,
+) -> KinesisInputPlan {
+    let at = "input.kinesis";
+    let (arn_region, stream) = match stream_arn(&k.stream) {
+        Some((r, n)) => (Some(r.to_string()), n.to_string()),
+        None if k.stream.starts_with("arn:") => {
+            p.push(
+                format!("{at}.stream"),
+                format!(
+                    "`{}` is not a Kinesis stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)",
+                    k.stream
+                ),
+            );
+            (None, k.stream.clone())
+        }
+        None => (None, k.stream.clone()),
+    };
+    if let Some(why) = stream_problem(&stream) {
+        p.push(format!("{at}.stream"), why);
+    }
+    if let (Some(r), Some(a)) = (&k.region, &arn_region) {
+        if r != a {
+            p.push(
+                format!("{at}.region"),
+                format!("`{r}` differs from the stream ARN's region `{a}`"),
+            );
+        }
+    }
+    let aws = crate::kinesis::aws::AwsSettings {
+        region: k.region.clone().or(arn_region),
+        endpoint: k.endpoint.clone(),
+    };
+    let start = match (k.starting_position, &k.starting_timestamp) {
+        (StartingPosition::TrimHorizon, None) => StartPlan::TrimHorizon,
+        (StartingPosition::Latest, None) => StartPlan::Latest,
+        (StartingPosition::AtTimestamp, Some(t)) => {
+            match time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+                Ok(dt) => StartPlan::AtTimestamp((dt.unix_timestamp_nanos() / 1_000_000) as i64),
+                Err(e) => {
+                    p.push(
+                        format!("{at}.starting_timestamp"),
+                        format!(
+                            "`{t}` is not an RFC 3339 time ({e}); write e.g. 2026-11-01T00:00:00Z"
+                        ),
+                    );
+                    StartPlan::TrimHorizon
+                }
+            }
+        }
+        (StartingPosition::AtTimestamp, None) => {
+            p.push(
+                format!("{at}.starting_timestamp"),
+                "starting_position at_timestamp needs a starting_timestamp",
+            );
+            StartPlan::TrimHorizon
+        }
+        (_, Some(_)) => {
+            p.push(
+                format!("{at}.starting_timestamp"),
+                "only used with starting_position: at_timestamp; remove it or change the position",
+            );
+            StartPlan::TrimHorizon
+        }
+    };
+    if !(1..=10000).contains(&k.poll_limit) {
+        later.push(format!("{at}.poll_limit"), "must be between 1 and 10000");
+    }
+    for (name, d) in [
+        ("lease_duration", k.lease_duration.0),
+        ("shard_sync_interval", k.shard_sync_interval.0),
+    ] {
+        if d < Duration::from_millis(300) {
+            later.push(format!("{at}.{name}"), "must be at least 300ms");
+        }
+    }
+    let leases = match &k.leases {
+        LeaseSpec::Dynamodb(t) => {
+            if t.table.len() < 3
+                || t.table.len() > 255
+                || !t
+                    .table
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                p.push(
+                    format!("{at}.leases.dynamodb.table"),
+                    format!(
+                        "`{}`: DynamoDB table names have 3 to 255 letters, digits, `.`, `_` or `-`",
+                        t.table
+                    ),
+                );
+            }
+            LeasePlan::Dynamo {
+                table: t.table.clone(),
+                aws: crate::kinesis::aws::AwsSettings {
+                    region: t.region.clone().or_else(|| aws.region.clone()),
+                    endpoint: t.endpoint.clone(),
+                },
+            }
+        }
+        LeaseSpec::File(f) => {
+            if f.trim().is_empty() {
+                p.push(format!("{at}.leases.file"), "name a file");
+            }
+            LeasePlan::File(base.join(f))
+        }
+    };
+    if let Some(c) = &k.enhanced_fan_out {
+        if c.is_empty()
+            || c.len() > 128
+            || !c
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            p.push(
+                format!("{at}.enhanced_fan_out"),
+                format!("`{c}`: consumer names have 1 to 128 letters, digits, `.`, `_` or `-`"),
+            );
+        }
+    }
+    let worker_id = match &k.worker_id {
+        Some(w) if w.trim().is_empty() => {
+            p.push(format!("{at}.worker_id"), "cannot be empty");
+            default_worker_id()
+        }
+        Some(w) => w.clone(),
+        None => default_worker_id(),
+    };
+    KinesisInputPlan {
+        stream,
+        aws,
+        source: k.source.kind(),
+        start,
+        interval: k.poll_interval.0,
+        limit: k.poll_limit.clamp(1, 10000) as i32,
+        fan_out: k.enhanced_fan_out.clone(),
+        leases,
+        lease_duration: k.lease_duration.0.max(Duration::from_millis(300)),
+        commit_interval: lanes.commit_interval,
+        shard_sync_interval: k.shard_sync_interval.0.max(Duration::from_millis(300)),
+        worker_id,
+    }
+}
+
 impl ConfigFile {
     /// Phase 2: checks everything that the schema cannot and returns the plan, or every
     /// problem found. Relative paths are anchored at `base` (the config file's directory).
@@ -988,6 +1425,9 @@ impl ConfigFile {
                     topics,
                 })
             }
+            InputSpec::Kinesis(k) => {
+                InputPlan::Kinesis(Box::new(kinesis_input(k, &lanes, base, &mut p, &mut later)))
+            }
         };
 
         let output = match &self.output {
@@ -1000,6 +1440,7 @@ impl ConfigFile {
                 "output.kafka",
                 &mut p,
             )),
+            OutputSpec::Kinesis(k) => kinesis_output(k, &lanes, "output.kinesis", &mut p),
             OutputSpec::File(f) => {
                 DestinationPlan::File(file_target(f, Target::Stdout, base, "output.file", &mut p))
             }
@@ -1014,6 +1455,7 @@ impl ConfigFile {
                 "dead_letter.kafka",
                 &mut p,
             )),
+            DeadLetterSpec::Kinesis(k) => kinesis_output(k, &lanes, "dead_letter.kinesis", &mut p),
             DeadLetterSpec::File(f) => DestinationPlan::File(file_target(
                 f,
                 Target::Stderr,
@@ -1024,12 +1466,15 @@ impl ConfigFile {
         };
 
         // Loops and mix-ups between the three ends.
-        let InputPlan::Kafka(inp) = &input;
+        let kafka_input = match &input {
+            InputPlan::Kafka(k) => Some(k),
+            InputPlan::Kinesis(_) => None,
+        };
         for (at, dest) in [
             ("output.kafka.topic", &output),
             ("dead_letter.kafka.topic", &dead_letter),
         ] {
-            if let DestinationPlan::Kafka(d) = dest {
+            if let (DestinationPlan::Kafka(d), Some(inp)) = (dest, kafka_input) {
                 let same_cluster =
                     d.client.get("bootstrap.servers") == inp.client.get("bootstrap.servers");
                 if same_cluster && inp.topics.iter().any(|(t, _)| *t == d.topic) {
@@ -1051,6 +1496,14 @@ impl ConfigFile {
                 p.push(
                     "dead_letter.kafka.topic",
                     "events and dead letters would share one topic; name a separate dead-letter topic",
+                );
+            }
+            (DestinationPlan::Kinesis(o), DestinationPlan::Kinesis(d))
+                if o.stream == d.stream && o.aws == d.aws =>
+            {
+                p.push(
+                    "dead_letter.kinesis.stream",
+                    "events and dead letters would share one stream; name a separate dead-letter stream",
                 );
             }
             (DestinationPlan::File(Target::File(o)), DestinationPlan::File(Target::File(d)))
@@ -1277,7 +1730,9 @@ dead_letter:
     #[test]
     fn minimal_config_resolves_with_defaults_and_forced_settings() {
         let plan = parse(MINIMAL).unwrap().resolve(Path::new(".")).unwrap();
-        let InputPlan::Kafka(k) = &plan.input;
+        let InputPlan::Kafka(k) = &plan.input else {
+            panic!("not a Kafka input")
+        };
         assert_eq!(k.client.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(k.client.get("group.id"), Some("g"));
         assert_eq!(k.client.get("auto.commit.interval.ms"), Some("5000"));
@@ -1380,5 +1835,90 @@ mappings: /nonexistent/dir
         assert_eq!(r.delay(2), Duration::from_millis(200));
         assert_eq!(r.delay(3), Duration::from_millis(350));
         assert_eq!(r.delay(60), Duration::from_millis(350));
+    }
+
+    const KINESIS: &str = "
+input:
+  kinesis:
+    stream: arn:aws:kinesis:eu-west-1:123456789012:stream/audit
+    leases:
+      dynamodb: {table: auditnorm-leases}
+output:
+  file: events.ndjson
+dead_letter:
+  file: dead.ndjson
+";
+
+    #[test]
+    fn a_kinesis_stream_arn_gives_the_name_and_the_region() {
+        let plan = parse(KINESIS).unwrap().resolve(Path::new(".")).unwrap();
+        let InputPlan::Kinesis(k) = &plan.input else {
+            panic!("not a Kinesis input")
+        };
+        assert_eq!(k.stream, "audit");
+        assert_eq!(k.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(k.start, StartPlan::TrimHorizon);
+        assert_eq!(k.fan_out, None);
+        match &k.leases {
+            LeasePlan::Dynamo { table, aws } => {
+                assert_eq!(table, "auditnorm-leases");
+                assert_eq!(
+                    aws.region.as_deref(),
+                    Some("eu-west-1"),
+                    "the stream's region"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!k.worker_id.is_empty());
+    }
+
+    #[test]
+    fn kinesis_settings_are_checked_together() {
+        let text = KINESIS
+            .replace(
+                "    leases:",
+                "    region: us-east-1\n    starting_position: at_timestamp\n    poll_limit: 20000\n    enhanced_fan_out: \"bad name\"\n    leases:",
+            )
+            .replace("auditnorm-leases", "x");
+        let err = parse(&text)
+            .unwrap()
+            .resolve(Path::new("."))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "input.kinesis.region: `us-east-1` differs from the stream ARN's region `eu-west-1`",
+            "input.kinesis.starting_timestamp: starting_position at_timestamp needs a starting_timestamp",
+            "input.kinesis.poll_limit: must be between 1 and 10000",
+            "input.kinesis.enhanced_fan_out",
+            "input.kinesis.leases.dynamodb.table",
+        ] {
+            assert!(err.contains(want), "missing `{want}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn at_timestamp_reads_an_rfc3339_time() {
+        let text = KINESIS.replace(
+            "    leases:",
+            "    starting_position: at_timestamp\n    starting_timestamp: 2026-11-01T00:00:00Z\n    leases:",
+        );
+        let plan = parse(&text).unwrap().resolve(Path::new(".")).unwrap();
+        let InputPlan::Kinesis(k) = &plan.input else {
+            panic!("not a Kinesis input")
+        };
+        assert_eq!(k.start, StartPlan::AtTimestamp(1_793_491_200_000));
+    }
+
+    #[test]
+    fn the_kinesis_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kinesis.yaml");
+        let plan = load(&path).unwrap_or_else(|p| panic!("{p}"));
+        let InputPlan::Kinesis(k) = &plan.input else {
+            panic!("not a Kinesis input")
+        };
+        assert_eq!(k.stream, "audit-trail");
+        assert!(matches!(plan.output, DestinationPlan::Kinesis(_)));
+        assert!(matches!(plan.dead_letter, DestinationPlan::Kinesis(_)));
     }
 }

@@ -67,6 +67,18 @@ pub enum Item<'t, 'i> {
     },
 }
 
+impl Item<'_, '_> {
+    /// The item's index in its carrier, when the carrier lists many.
+    pub fn index(&self) -> Option<u32> {
+        match self {
+            Item::Record { index, .. }
+            | Item::Nested { index, .. }
+            | Item::Failed { index, .. } => *index,
+            Item::Skipped { .. } => None,
+        }
+    }
+}
+
 fn wrong_shape(detail: String) -> RecordError {
     RecordError::new(ErrorCode::WrongShape, Stage::Envelope, detail)
 }

@@ -49,6 +49,9 @@ pub enum ErrorCode {
     BadPayload,
     /// The produced event does not satisfy the OCSF schema.
     SchemaViolation,
+    /// A Kinesis record that starts with the KPL aggregate magic but cannot be split into its
+    /// user records (MD5 digest, protobuf body, partition key table): the whole record is lost.
+    KplInvalid,
 }
 
 impl ErrorCode {
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::InvalidField => "invalid_field",
             ErrorCode::BadPayload => "bad_payload",
             ErrorCode::SchemaViolation => "schema_violation",
+            ErrorCode::KplInvalid => "kpl_invalid",
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::envelope::{self, Carriers, Item};
 use crate::error::{ErrorCode, RecordError, Stage};
 use crate::event::{CleanCache, Redact};
 use crate::json::Src;
+use crate::kinesis::kpl;
 use crate::mapping::{Input, Mappings, Scratch};
 use crate::record::{Position, SourceKind};
 use crate::redact::{RedactionCounts, Redactor};
@@ -69,6 +70,36 @@ struct Parts<'a> {
     scratch: &'a mut Scratch,
     out: &'a mut Vec<u8>,
     redaction: &'a mut Redaction,
+    /// Set while normalizing one user record of a KPL aggregate.
+    sub: Option<SubRecord>,
+}
+
+/// Where a KPL user record's items are. `Position` has one index: inside an aggregate it is
+/// the user record's index, for every event, dead letter and skip that comes from it (so a
+/// dead letter always points at the sub-record whose bytes it holds). When the user record is
+/// itself a carrier of many records (a CloudWatch Logs payload, `{"Records":[..]}`), the
+/// element indexes, outermost first, go into the dead letter's detail instead:
+/// `KPL sub-record 2, element [5]: ...`. Events need no more: `metadata.uid` names them.
+struct SubRecord {
+    index: u32,
+    /// The carrier element indexes of the item being handled, outermost first.
+    elements: Vec<u32>,
+}
+
+impl SubRecord {
+    fn describe(&self, detail: &str) -> String {
+        use std::fmt::Write;
+        let mut s = format!("KPL sub-record {}", self.index);
+        if !self.elements.is_empty() {
+            s.push_str(", element ");
+            for e in &self.elements {
+                let _ = write!(s, "[{e}]");
+            }
+        }
+        s.push_str(": ");
+        s.push_str(detail);
+        s
+    }
 }
 
 /// The redaction stage's state for one lane: the rules, whether dead letters keep their raw
@@ -147,6 +178,52 @@ impl Normalizer {
     }
 
     pub fn normalize(&mut self, bytes: &[u8], pos: &Position, emit: &mut dyn Emit) {
+        // A plain unit pays one 4-byte prefix compare for KPL support.
+        if kpl::is_aggregated(bytes) {
+            return self.kpl_aggregate(bytes, pos, emit);
+        }
+        self.one(bytes, pos, None, emit);
+    }
+
+    /// A KPL aggregated record: each user record is normalized as if it were its own unit, in
+    /// order, at the unit's position with the user record's index.
+    ///
+    /// An aggregate that cannot be split is one dead letter (`kpl_invalid`, stage decode) with
+    /// the whole unit's bytes. That includes a digest mismatch, which KCL treats as "not an
+    /// aggregate, a plain record": we follow KCL in treating it as one plain record at the
+    /// unit's position, but a plain record that starts with the magic can never be mapped (F3
+    /// 89 9A C2 is not UTF-8, so neither JSON nor gzip), and the plain path would always end in
+    /// `invalid_json`. We emit that same single dead letter directly, with the code that
+    /// names the likely cause (a damaged or truncated aggregate) and both digests in the detail.
+    /// An aggregate with no user records (which KCL would pass on as a plain record of 20
+    /// bytes) is skipped: it holds no records on purpose.
+    fn kpl_aggregate(&mut self, bytes: &[u8], pos: &Position, emit: &mut dyn Emit) {
+        match kpl::deaggregate(bytes) {
+            Ok(agg) if agg.records.is_empty() => {
+                emit.skipped(pos, "empty KPL aggregate (holds no user records)")
+            }
+            Ok(agg) => {
+                for (i, r) in agg.records.iter().enumerate() {
+                    // A Kinesis record (at most 10 MiB) cannot hold 2^32 user records.
+                    let i = u32::try_from(i).unwrap_or(u32::MAX);
+                    self.one(r.data, &pos.with_index(i), Some(i), emit);
+                }
+            }
+            Err(e) => {
+                let detail = match e {
+                    kpl::KplError::DigestMismatch { .. } => {
+                        format!("{e}; as KCL does, read as one plain record, which is not JSON")
+                    }
+                    _ => e.to_string(),
+                };
+                let err = RecordError::new(ErrorCode::KplInvalid, Stage::Decode, detail);
+                self.dead_letter(DeadLetter::new(err, pos.clone(), None, bytes), emit);
+            }
+        }
+    }
+
+    /// One unit, or one user record of a KPL aggregate (`sub`: its index).
+    fn one(&mut self, bytes: &[u8], pos: &Position, sub: Option<u32>, emit: &mut dyn Emit) {
         let Normalizer {
             mappings,
             forced,
@@ -163,6 +240,10 @@ impl Normalizer {
             scratch,
             out,
             redaction,
+            sub: sub.map(|index| SubRecord {
+                index,
+                elements: Vec::new(),
+            }),
         };
         work.clear();
         work.extend_from_slice(bytes);
@@ -305,6 +386,7 @@ impl Parts<'_> {
         let mut items = recycle_items(std::mem::take(&mut bufs.items));
         envelope::unwrap(root, &mut items);
         for item in items.drain(..) {
+            let entered = self.enter(item.index());
             match item {
                 Item::Record {
                     record,
@@ -312,10 +394,7 @@ impl Parts<'_> {
                     hint,
                     index,
                 } => {
-                    let p = match index {
-                        Some(i) => pos.with_index(i),
-                        None => pos.clone(),
-                    };
+                    let p = self.at(pos, index);
                     let whole = (index.is_none() && carriers.is_empty()).then_some(original);
                     self.record(
                         record,
@@ -332,10 +411,7 @@ impl Parts<'_> {
                     hint,
                     index,
                 } => {
-                    let p = match index {
-                        Some(i) => pos.with_index(i),
-                        None => pos.clone(),
-                    };
+                    let p = self.at(pos, index);
                     if depth >= MAX_DEPTH {
                         let err = RecordError::new(
                             ErrorCode::BadPayload,
@@ -343,28 +419,25 @@ impl Parts<'_> {
                             format!("carriers nested deeper than {MAX_DEPTH} levels"),
                         );
                         self.dead(emit, DeadLetter::new(err, p, hint, &bytes));
-                        continue;
+                    } else {
+                        let mut work = bytes.clone();
+                        let mut buffers = simd_json::Buffers::new(bytes.len());
+                        self.unit(
+                            &bytes,
+                            &mut work,
+                            &mut buffers,
+                            &mut Bufs::default(),
+                            &p,
+                            hint.or(outer_hint),
+                            carriers.or(outer),
+                            depth + 1,
+                            emit,
+                        );
                     }
-                    let mut work = bytes.clone();
-                    let mut buffers = simd_json::Buffers::new(bytes.len());
-                    self.unit(
-                        &bytes,
-                        &mut work,
-                        &mut buffers,
-                        &mut Bufs::default(),
-                        &p,
-                        hint.or(outer_hint),
-                        carriers.or(outer),
-                        depth + 1,
-                        emit,
-                    );
                 }
                 Item::Skipped { reason } => emit.skipped(pos, reason),
                 Item::Failed { error, raw, index } => {
-                    let p = match index {
-                        Some(i) => pos.with_index(i),
-                        None => pos.clone(),
-                    };
+                    let p = self.at(pos, index);
                     let bytes = match raw {
                         Some(v) if index.is_some() => original_of(v),
                         _ => original.to_vec(),
@@ -372,6 +445,7 @@ impl Parts<'_> {
                     self.dead(emit, DeadLetter::new(error, p, outer_hint, &bytes));
                 }
             }
+            self.leave(entered);
         }
         bufs.items = recycle_items(items);
         bufs.tape = Some(tape.reset());
@@ -449,8 +523,39 @@ impl Parts<'_> {
 }
 
 impl Parts<'_> {
-    fn dead(&mut self, emit: &mut dyn Emit, dl: DeadLetter) {
+    fn dead(&mut self, emit: &mut dyn Emit, mut dl: DeadLetter) {
+        if let Some(sub) = &self.sub {
+            dl.detail = sub.describe(&dl.detail);
+        }
         emit.dead_letter(self.redaction.dead_letter(dl));
+    }
+
+    /// The position of the carrier element at `index`: the element's index, except inside a
+    /// KPL user record, where it stays the user record's (see `SubRecord`).
+    fn at(&self, pos: &Position, index: Option<u32>) -> Position {
+        match index {
+            Some(i) if self.sub.is_none() => pos.with_index(i),
+            _ => pos.clone(),
+        }
+    }
+
+    /// Notes an element index for dead-letter details inside a KPL user record.
+    fn enter(&mut self, index: Option<u32>) -> bool {
+        match (&mut self.sub, index) {
+            (Some(sub), Some(i)) => {
+                sub.elements.push(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn leave(&mut self, entered: bool) {
+        if entered {
+            if let Some(sub) = &mut self.sub {
+                sub.elements.pop();
+            }
+        }
     }
 
     /// `whole`: the unit's own bytes when the record is the whole unit (kept byte for byte);

@@ -45,6 +45,7 @@ use crate::normalize::{Emit, EventInfo, Normalizer};
 use crate::record::{Position, SourceKind};
 use crate::sink::file::Target;
 use crate::sink::kafka::{self as ksink, KafkaTopic, Placement};
+use crate::sink::kinesis::{self as kinesis_sink, KinesisStream};
 use crate::telemetry::{self, DestinationKind, Health, LaneMetrics, LaneStop};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -100,6 +101,9 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Where events or dead letters go: a closed set.
 pub enum Destination {
     Kafka(KafkaTopic),
+    /// Acknowledged when PutRecords accepted the record; each lane's records share one
+    /// partition key (the lane's name), so they keep their order on the stream.
+    Kinesis(KinesisStream),
     /// One JSON document per line (local use). A write is acknowledged once buffered; the
     /// buffer is flushed before any commit point that covers it is checkpointed.
     Lines(Mutex<Lines>),
@@ -148,6 +152,8 @@ impl Lines {
 #[derive(Debug, Clone)]
 pub enum Route {
     Kafka(Placement),
+    /// The partition key.
+    Kinesis(Arc<str>),
     Lines,
 }
 
@@ -162,6 +168,34 @@ impl Destination {
             DestinationPlan::File(t) => Lines::open(t)
                 .map(|s| Destination::Lines(Mutex::new(s)))
                 .map_err(|e| PipelineError::Destination(format!("{}: {e}", t.name()))),
+            DestinationPlan::Kinesis(k) => {
+                let mut attempt = 0;
+                loop {
+                    match KinesisStream::connect(k).await {
+                        Ok(t) => return Ok(Destination::Kinesis(t)),
+                        Err(e) if attempt >= settings.retry.budget => {
+                            return Err(PipelineError::Destination(e.to_string()))
+                        }
+                        Err(e) => {
+                            attempt += 1;
+                            let wait = settings.retry.delay(attempt);
+                            telemetry::destination_connect_retry(
+                                kind,
+                                attempt,
+                                settings.retry.budget,
+                                wait,
+                                &e.to_string(),
+                            );
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = shutdown.wait_for(|s| *s) => {
+                                    return Err(PipelineError::Destination(format!("{e}; stopped while retrying")));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             DestinationPlan::Kafka(k) => {
                 let timeout = settings.delivery_timeout.min(Duration::from_secs(10));
                 let what = match kind {
@@ -207,6 +241,7 @@ impl Destination {
     fn route(&self, lane: &LaneSpec) -> Result<Route, String> {
         match self {
             Destination::Kafka(t) => t.placement(&lane.name, lane.ordinal).map(Route::Kafka),
+            Destination::Kinesis(_) => Ok(Route::Kinesis(lane.name.clone())),
             Destination::Lines(_) => Ok(Route::Lines),
         }
     }
@@ -218,8 +253,9 @@ impl Destination {
                 Err(ksink::SendError::Full) => Err(Full),
                 Err(ksink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
             },
+            (Destination::Kinesis(t), Route::Kinesis(key)) => kinesis_ack(t.send(key, json)),
             (Destination::Lines(s), _) => Ok(Ack::Done(write_line(s, json))),
-            (Destination::Kafka(_), Route::Lines) => unreachable_route(),
+            (Destination::Kafka(_) | Destination::Kinesis(_), _) => unreachable_route(),
         }
     }
 
@@ -233,15 +269,18 @@ impl Destination {
                     Err(ksink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
                 }
             }
+            (Destination::Kinesis(t), Route::Kinesis(key)) => {
+                kinesis_ack(t.send(key, &dl.to_json()))
+            }
             (Destination::Lines(s), _) => Ok(Ack::Done(write_line(s, &dl.to_json()))),
-            (Destination::Kafka(_), Route::Lines) => unreachable_route(),
+            (Destination::Kafka(_) | Destination::Kinesis(_), _) => unreachable_route(),
         }
     }
 
     /// Makes acknowledged writes durable before a checkpoint covers them.
     fn sync(&self) -> Result<(), String> {
         match self {
-            Destination::Kafka(_) => Ok(()),
+            Destination::Kafka(_) | Destination::Kinesis(_) => Ok(()),
             Destination::Lines(s) => lock(s).flush(),
         }
     }
@@ -249,12 +288,25 @@ impl Destination {
     fn close(&self, kind: DestinationKind) {
         match self {
             Destination::Kafka(t) => t.flush(Duration::from_secs(5)),
+            Destination::Kinesis(t) => {
+                if let Err(e) = t.flush_blocking(Duration::from_secs(5)) {
+                    telemetry::destination_error(kind, &e);
+                }
+            }
             Destination::Lines(s) => {
                 if let Err(e) = lock(s).flush() {
                     telemetry::destination_error(kind, &e);
                 }
             }
         }
+    }
+}
+
+fn kinesis_ack(r: Result<kinesis_sink::Delivery, kinesis_sink::SendError>) -> Result<Ack, Full> {
+    match r {
+        Ok(d) => Ok(Ack::Kinesis(d)),
+        Err(kinesis_sink::SendError::Full) => Err(Full),
+        Err(kinesis_sink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
     }
 }
 
@@ -279,6 +331,7 @@ struct Full;
 enum Ack {
     Done(Result<(), String>),
     Kafka(ksink::Delivery),
+    Kinesis(kinesis_sink::Delivery),
 }
 
 impl Future for Ack {
@@ -288,6 +341,7 @@ impl Future for Ack {
         match &mut *self {
             Ack::Done(r) => Poll::Ready(std::mem::replace(r, Ok(()))),
             Ack::Kafka(d) => Pin::new(d).poll(cx),
+            Ack::Kinesis(d) => Pin::new(d).poll(cx),
         }
     }
 }
@@ -1075,6 +1129,12 @@ pub async fn run(
             fatal_rx,
             stop_rx,
         )),
+        crate::config::InputPlan::Kinesis(k) => tokio::spawn(crate::source::kinesis::drive(
+            (**k).clone(),
+            lanes.clone(),
+            fatal_rx,
+            stop_rx,
+        )),
     };
     let result = driver.await.unwrap_or_else(|e| {
         Err(PipelineError::Input(format!(
@@ -1102,6 +1162,7 @@ pub fn describe(plan: &DestinationPlan) -> String {
             k.topic,
             k.client.get("bootstrap.servers").unwrap_or("?")
         ),
+        DestinationPlan::Kinesis(k) => format!("Kinesis stream {}", k.stream),
         DestinationPlan::File(Target::Stdout) => "standard output".into(),
         DestinationPlan::File(Target::Stderr) => "standard error".into(),
         DestinationPlan::File(Target::File(p)) => p.display().to_string(),

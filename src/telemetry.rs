@@ -54,6 +54,13 @@ pub mod metric {
     pub const LANE_LAG: &str = "auditnorm_lane_lag_records";
     pub const NORMALIZE_DURATION: &str = "auditnorm_normalize_duration_seconds";
     pub const CHECKPOINT_LATENCY: &str = "auditnorm_checkpoint_latency_seconds";
+    pub const LANE_BEHIND: &str = "auditnorm_lane_behind_seconds";
+    pub const KINESIS_READ_RETRIES: &str = "auditnorm_kinesis_read_retries_total";
+    pub const KINESIS_LEASES_HELD: &str = "auditnorm_kinesis_leases_held";
+    pub const KINESIS_LEASES_TAKEN: &str = "auditnorm_kinesis_leases_taken_total";
+    pub const KINESIS_LEASES_LOST: &str = "auditnorm_kinesis_leases_lost_total";
+    pub const KINESIS_SHARDS_ENDED: &str = "auditnorm_kinesis_shards_ended_total";
+    pub const KINESIS_LEASE_ERRORS: &str = "auditnorm_kinesis_lease_errors_total";
 }
 
 /// Label keys. Each has a bounded set of values.
@@ -160,6 +167,19 @@ pub const METRICS: &[MetricDef] = &[
         "Time to normalize one unit (parse, unwrap, map, validate, redact, encode)."),
     def(metric::CHECKPOINT_LATENCY, H, &[],
         "Time from reading a record to handing its position to the input's checkpointer, for the newest record of each checkpoint."),
+    def(metric::LANE_BEHIND, G, &[label::LANE],
+        "How far behind the newest record of its shard the lane's last read was (Kinesis MillisBehindLatest, in seconds)."),
+    def(metric::KINESIS_READ_RETRIES, C, &[label::REASON],
+        "GetRecords / GetShardIterator / SubscribeToShard calls retried, by reason: throttled, error. Nothing is skipped."),
+    def(metric::KINESIS_LEASES_HELD, G, &[], "Shard leases this replica holds."),
+    def(metric::KINESIS_LEASES_TAKEN, C, &[label::REASON],
+        "Shard leases taken, by reason: expired (unowned, or its owner stopped renewing), stolen (to balance the load)."),
+    def(metric::KINESIS_LEASES_LOST, C, &[],
+        "Shard leases this replica found taken by another (its lane is stopped; the new owner reads again from the checkpoint)."),
+    def(metric::KINESIS_SHARDS_ENDED, C, &[],
+        "Closed shards read to their end and checkpointed SHARD_END (their children may be read now)."),
+    def(metric::KINESIS_LEASE_ERRORS, C, &[],
+        "Lease-table rounds or shard listings that failed (leases not renewed past lease_duration are given up)."),
 ];
 
 /// Log-line event names: the `event` field of every line.
@@ -187,6 +207,13 @@ pub mod event {
     pub const KAFKA_CONSUMER_ERROR: &str = "kafka_consumer_error";
     pub const KAFKA_FETCH_ERROR: &str = "kafka_fetch_error";
     pub const KAFKA_PARTITION_COUNT_UNKNOWN: &str = "kafka_partition_count_unknown";
+    pub const KINESIS_STARTED: &str = "kinesis_started";
+    pub const KINESIS_LEASE_TAKEN: &str = "kinesis_lease_taken";
+    pub const KINESIS_LEASE_LOST: &str = "kinesis_lease_lost";
+    pub const KINESIS_SHARD_ENDED: &str = "kinesis_shard_ended";
+    pub const KINESIS_READ_RETRY: &str = "kinesis_read_retry";
+    pub const KINESIS_LEASE_ERROR: &str = "kinesis_lease_error";
+    pub const KINESIS_NOTICE: &str = "kinesis_notice";
 }
 
 /// Histogram buckets (seconds).
@@ -863,6 +890,115 @@ pub fn kafka_partition_count_unknown(topic: &str, error: &str) {
         error,
         "cannot read the topic's partition count; its lanes are placed by hash"
     );
+}
+
+pub fn kinesis_started(stream: &str, worker: &str, store: &str, mode: &str) {
+    tracing::info!(
+        event = event::KINESIS_STARTED,
+        stream,
+        worker,
+        store,
+        mode,
+        "reading the Kinesis stream; shards shared through the lease store"
+    );
+}
+
+pub fn kinesis_leases_held(n: usize) {
+    metrics::gauge!(metric::KINESIS_LEASES_HELD).set(n as f64);
+}
+
+/// `stolen_from`: the owner it was taken from to balance the load.
+pub fn kinesis_lease_taken(lane: &str, counter: u64, from: &str, stolen_from: Option<&str>) {
+    let reason = if stolen_from.is_some() {
+        "stolen"
+    } else {
+        "expired"
+    };
+    metrics::counter!(metric::KINESIS_LEASES_TAKEN, label::REASON => reason).increment(1);
+    tracing::info!(
+        event = event::KINESIS_LEASE_TAKEN,
+        lane,
+        counter,
+        from,
+        stolen_from,
+        "took the shard's lease"
+    );
+}
+
+pub fn kinesis_lease_lost(lane: &str, why: &str) {
+    metrics::counter!(metric::KINESIS_LEASES_LOST).increment(1);
+    tracing::warn!(
+        event = event::KINESIS_LEASE_LOST,
+        lane,
+        why,
+        "lease lost; stopping the lane (the new owner reads again from the last checkpoint)"
+    );
+}
+
+pub fn kinesis_shard_ended(lane: &str) {
+    metrics::counter!(metric::KINESIS_SHARDS_ENDED).increment(1);
+    tracing::info!(
+        event = event::KINESIS_SHARD_ENDED,
+        lane,
+        "closed shard read to its end (SHARD_END)"
+    );
+}
+
+/// A read call failed and is retried after `wait`, from after `after`.
+pub fn kinesis_read_retry(
+    lane: &str,
+    op: &str,
+    throttled: bool,
+    wait: Duration,
+    after: &str,
+    error: &str,
+) {
+    let reason = if throttled { "throttled" } else { "error" };
+    metrics::counter!(metric::KINESIS_READ_RETRIES, label::REASON => reason).increment(1);
+    if throttled {
+        tracing::info!(
+            event = event::KINESIS_READ_RETRY,
+            lane,
+            op,
+            reason,
+            wait_seconds = wait.as_secs_f64(),
+            after,
+            error,
+            "read throttled; retrying"
+        );
+    } else {
+        tracing::warn!(
+            event = event::KINESIS_READ_RETRY,
+            lane,
+            op,
+            reason,
+            wait_seconds = wait.as_secs_f64(),
+            after,
+            error,
+            "read failed; retrying"
+        );
+    }
+}
+
+pub fn kinesis_lease_error(what: &str, error: &str) {
+    metrics::counter!(metric::KINESIS_LEASE_ERRORS).increment(1);
+    tracing::warn!(
+        event = event::KINESIS_LEASE_ERROR,
+        what,
+        error,
+        "lease store or shard listing failed"
+    );
+}
+
+/// Something an operator may want to know about a lane (no metric).
+pub fn kinesis_notice(lane: &str, message: &str) {
+    tracing::info!(event = event::KINESIS_NOTICE, lane, "{message}");
+}
+
+/// How far behind the tip a lane's last read was.
+pub fn lane_behind(lane: &str, millis: i64) {
+    metrics::gauge!(metric::LANE_BEHIND, label::LANE => lane.to_string())
+        .set(millis.max(0) as f64 / 1000.0);
 }
 
 // ---------------------------------------------------------------------------------------------

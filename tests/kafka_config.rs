@@ -18,7 +18,9 @@ fn checked_in_config_schema_matches_the_code() {
 fn the_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/auditnorm.yaml");
     let plan = auditnorm::config::load(&path).unwrap_or_else(|p| panic!("{p}"));
-    let auditnorm::config::InputPlan::Kafka(k) = &plan.input;
+    let auditnorm::config::InputPlan::Kafka(k) = &plan.input else {
+        panic!("not a Kafka input")
+    };
     assert_eq!(k.topics.len(), 2);
     assert_eq!(k.client.get("enable.auto.offset.store"), Some("false"));
     let out = Command::new(env!("CARGO_BIN_EXE_auditnorm"))

@@ -1,0 +1,721 @@
+//! The Kinesis input against kinesis-local and dynalite (started by `.ci/run`; locally:
+//! `eval "$(scripts/kinesis-services.sh start)"; export AUDITNORM_TEST_KINESIS
+//! AUDITNORM_TEST_DYNAMODB`). Skipped when they are not set, failing under CI=true.
+//!
+//! - order per shard over 4 shards, a dead letter, and a restart that resumes after the
+//!   checkpoint (nothing read twice after a clean stop);
+//! - a split and a merge during the run: order per partition key across parents and children;
+//! - two `auditnorm run` processes sharing a stream through the lease table, one killed with
+//!   SIGKILL: its shards are taken over, nothing is lost, re-delivered events are identical.
+
+#[path = "kinesis_common.rs"]
+mod kinesis_common;
+
+use auditnorm::config;
+use auditnorm::kinesis::lease::{Checkpoint, DynamoLeases, Lease, LeaseStore};
+use auditnorm::mapping::Mappings;
+use auditnorm::pipeline::{self, PipelineError, Summary};
+use kinesis_common as kc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// CloudTrail data events from the fixtures, used as templates.
+fn templates() -> Vec<String> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cloudtrail/s3-lambda-data-events.ndjson"),
+    )
+    .expect("fixture");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A CloudTrail record whose eventID (and so the event's metadata.uid) is `id`.
+fn record(templates: &[String], n: usize, id: &str) -> Vec<u8> {
+    let t = &templates[n % templates.len()];
+    let key = "\"eventID\":\"";
+    let start = t.find(key).expect("template has an eventID") + key.len();
+    let end = start + t[start..].find('"').expect("closing quote");
+    format!("{}{}{}", &t[..start], id, &t[end..]).into_bytes()
+}
+
+fn id(tag: &str, key: &str, i: usize) -> String {
+    format!("{tag}-{key}-{i:06}")
+}
+
+/// A scratch directory under target/.
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tmp")
+        .join(kc::unique(name));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+fn yaml(
+    kinesis: &str,
+    dynamo: &str,
+    stream: &str,
+    table: &str,
+    out: &Path,
+    dead: &Path,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+input:
+  kinesis:
+    stream: {stream}
+    region: us-east-1
+    endpoint: {kinesis}
+    poll_interval: 50ms
+    lease_duration: 3s
+    shard_sync_interval: 2s
+    leases:
+      dynamodb: {{table: {table}, endpoint: "{dynamo}"}}
+{extra}
+output:
+  file: {out}
+dead_letter:
+  file: {dead}
+pipeline:
+  commit_interval: 200ms
+  drain_timeout: 10s
+"#,
+        out = out.display(),
+        dead = dead.display()
+    )
+}
+
+/// A pipeline on a runtime of its own; `stop` ends it like SIGTERM does.
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<Summary, PipelineError>>>,
+}
+
+impl Running {
+    fn start(yaml: &str) -> Running {
+        let plan = config::parse(yaml)
+            .unwrap_or_else(|p| panic!("config:\n{p}"))
+            .resolve(Path::new("."))
+            .unwrap_or_else(|p| panic!("config:\n{p}"));
+        let mappings = Arc::new(Mappings::load(None).expect("tables"));
+        let runtime = rt();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            pipeline::run(&plan, mappings, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Running {
+            runtime,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    fn stop(mut self) -> Result<Summary, PipelineError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("running");
+        let r = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(60), task).await })
+            .expect("pipeline stopped in time")
+            .expect("pipeline task");
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+        r
+    }
+}
+
+/// `metadata.uid` of every event line in a file, in file order, with the line.
+fn events(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("event JSON");
+            let uid = v["metadata"]["uid"]
+                .as_str()
+                .expect("metadata.uid")
+                .to_string();
+            (uid, l.to_string())
+        })
+        .collect()
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter(|l| !l.is_empty()).count())
+        .unwrap_or(0)
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Per key (`<tag>-<key>-<i>`), the indices in order of first appearance; panics when a key's
+/// indices do not increase.
+fn check_order(uids: &[String]) -> BTreeMap<String, Vec<usize>> {
+    let mut seen = BTreeSet::new();
+    let mut per_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for u in uids {
+        if !seen.insert(u.clone()) {
+            continue;
+        }
+        let (key, i) = u.rsplit_once('-').expect("uid shape");
+        let i: usize = i.parse().expect("index");
+        let v = per_key.entry(key.to_string()).or_default();
+        if let Some(last) = v.last() {
+            assert!(
+                i > *last,
+                "order broken for {key}: {i} after {last} (first appearances: {v:?})"
+            );
+        }
+        v.push(i);
+    }
+    per_key
+}
+
+async fn leases(dynamo: &str, table: &str) -> Vec<Lease> {
+    let store = LeaseStore::Dynamo(DynamoLeases {
+        client: kc::dynamodb_client(dynamo),
+        table: table.to_string(),
+    });
+    store.list().await.expect("lease table")
+}
+
+#[test]
+fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let stream = kc::unique("order");
+    let table = kc::unique("leases");
+    let t = templates();
+    let shards: Vec<String> = rt.block_on(async {
+        kc::create_stream(&client, &stream, 4).await;
+        kc::list_shards(&client, &stream)
+            .await
+            .iter()
+            .map(|s| s.shard_id().to_string())
+            .collect()
+    });
+    assert_eq!(shards.len(), 4);
+    let per_shard = 250;
+    let mut last_seq = BTreeMap::new();
+    rt.block_on(async {
+        for (k, s) in shards.iter().enumerate() {
+            let recs: Vec<Vec<u8>> = (0..per_shard)
+                .map(|i| record(&t, i, &id("a", &format!("s{k}"), i)))
+                .collect();
+            let mut refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
+            // One record that is no audit record: a dead letter, in order with the rest.
+            if k == 1 {
+                refs.insert(100, b"{\"not\": \"an audit record\"}");
+            }
+            let seqs = kc::put_to_shard(&client, &stream, s, &refs).await;
+            last_seq.insert(s.clone(), seqs.last().cloned().expect("seq"));
+        }
+    });
+    let dir = scratch("kinesis-order");
+    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
+    let run = Running::start(&yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""));
+    let want = 4 * per_shard;
+    let done = wait_until(Duration::from_secs(60), || {
+        lines(&out) >= want && lines(&dead) >= 1
+    });
+    let summary = run.stop().expect("clean stop");
+    assert!(
+        done,
+        "{} events, {} dead letters",
+        lines(&out),
+        lines(&dead)
+    );
+    let got = events(&out);
+    let uids: Vec<String> = got.iter().map(|(u, _)| u.clone()).collect();
+    assert_eq!(uids.len(), want, "no duplicates in a clean run: {summary}");
+    let order = check_order(&uids);
+    for k in 0..4 {
+        assert_eq!(
+            order[&format!("a-s{k}")],
+            (0..per_shard).collect::<Vec<_>>(),
+            "shard {k}"
+        );
+    }
+    let dl: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&dead)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let dl_text = dl.to_string();
+    assert!(
+        dl_text.contains(&shards[1]) && dl_text.contains(&stream),
+        "the dead letter names its stream and shard: {dl_text}"
+    );
+    // Every lease holds its shard's last sequence number and no owner after a clean stop.
+    let ls = rt.block_on(leases(&dynamo, &table));
+    assert_eq!(ls.len(), 4);
+    for l in &ls {
+        assert_eq!(l.owner, None, "released: {l:?}");
+        assert_eq!(
+            l.checkpoint,
+            Checkpoint::After(last_seq[&l.shard].clone()),
+            "{l:?}"
+        );
+    }
+
+    // A restart reads only what came after the checkpoint.
+    rt.block_on(async {
+        for (k, s) in shards.iter().enumerate() {
+            let recs: Vec<Vec<u8>> = (per_shard..per_shard + 50)
+                .map(|i| record(&t, i, &id("a", &format!("s{k}"), i)))
+                .collect();
+            let refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
+            kc::put_to_shard(&client, &stream, s, &refs).await;
+        }
+    });
+    let out2 = dir.join("events-2.ndjson");
+    let run = Running::start(&yaml(&kinesis, &dynamo, &stream, &table, &out2, &dead, ""));
+    let done = wait_until(Duration::from_secs(60), || lines(&out2) >= 200);
+    // A moment more: anything read twice would show up now.
+    std::thread::sleep(Duration::from_millis(500));
+    run.stop().expect("clean stop");
+    assert!(done, "{} events after the restart", lines(&out2));
+    let uids: Vec<String> = events(&out2).into_iter().map(|(u, _)| u).collect();
+    assert_eq!(
+        uids.len(),
+        200,
+        "only the new records: {:?}",
+        &uids[..5.min(uids.len())]
+    );
+    let order = check_order(&uids);
+    for k in 0..4 {
+        assert_eq!(
+            order[&format!("a-s{k}")],
+            (per_shard..per_shard + 50).collect::<Vec<_>>()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let stream = kc::unique("reshard");
+    let table = kc::unique("leases");
+    let t = templates();
+    let keys: Vec<String> = (0..16).map(|k| format!("k{k:02}")).collect();
+    let mut next = vec![0usize; keys.len()];
+    let mut put_round = |rt: &tokio::runtime::Runtime, n: usize| {
+        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+        for _ in 0..n {
+            for (k, key) in keys.iter().enumerate() {
+                recs.push((key.clone(), record(&t, next[k], &id("r", key, next[k]))));
+                next[k] += 1;
+            }
+        }
+        let refs: Vec<(&str, &[u8])> = recs
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.as_slice()))
+            .collect();
+        rt.block_on(kc::put_records(&client, &stream, &refs));
+    };
+    rt.block_on(kc::create_stream(&client, &stream, 2));
+    put_round(&rt, 20);
+    let dir = scratch("kinesis-reshard");
+    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
+    let run = Running::start(&yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""));
+    assert!(wait_until(Duration::from_secs(30), || lines(&out) >= 100));
+    let shards: Vec<String> = rt.block_on(async {
+        kc::open_shards(&client, &stream)
+            .await
+            .iter()
+            .map(|s| s.shard_id().to_string())
+            .collect()
+    });
+    let (_low, high) = rt.block_on(kc::split_shard(&client, &stream, &shards[0]));
+    put_round(&rt, 20);
+    // The upper child of the split and the old second shard are adjacent: merge them.
+    rt.block_on(kc::merge_shards(&client, &stream, &high, &shards[1]));
+    put_round(&rt, 20);
+    let want = 60 * keys.len();
+    let done = wait_until(Duration::from_secs(90), || lines(&out) >= want);
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = run.stop().expect("clean stop");
+    assert!(done, "{} of {want} events; {summary}", lines(&out));
+    let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
+    let order = check_order(&uids);
+    for key in &keys {
+        assert_eq!(
+            order[&format!("r-{key}")],
+            (0..60).collect::<Vec<_>>(),
+            "{key}"
+        );
+    }
+    let ls = rt.block_on(leases(&dynamo, &table));
+    for closed in [&shards[0], &shards[1], &high] {
+        let l = ls.iter().find(|l| l.shard == **closed).expect("lease");
+        assert_eq!(
+            l.checkpoint,
+            Checkpoint::End,
+            "closed shard read to its end: {l:?}"
+        );
+    }
+    assert!(ls.len() >= 5, "parents and children have leases: {ls:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Proc {
+    child: std::process::Child,
+    out: PathBuf,
+    dead: PathBuf,
+}
+
+fn spawn(dir: &Path, name: &str, yaml_text: &str) -> Proc {
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, yaml_text).expect("config");
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_auditnorm"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    for (k, v) in kc::child_env() {
+        cmd.env(k, v);
+    }
+    Proc {
+        child: cmd.spawn().expect("auditnorm run"),
+        out: dir.join(format!("{name}.ndjson")),
+        dead: dir.join(format!("{name}-dead.ndjson")),
+    }
+}
+
+#[test]
+fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let stream = kc::unique("replicas");
+    let table = kc::unique("leases");
+    let t = templates();
+    rt.block_on(kc::create_stream(&client, &stream, 4));
+    let keys: Vec<String> = (0..8).map(|k| format!("k{k}")).collect();
+    let mut next = vec![0usize; keys.len()];
+    let mut put_round = |rt: &tokio::runtime::Runtime, n: usize| {
+        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+        for _ in 0..n {
+            for (k, key) in keys.iter().enumerate() {
+                recs.push((key.clone(), record(&t, next[k], &id("x", key, next[k]))));
+                next[k] += 1;
+            }
+        }
+        let refs: Vec<(&str, &[u8])> = recs
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.as_slice()))
+            .collect();
+        rt.block_on(kc::put_records(&client, &stream, &refs));
+    };
+    put_round(&rt, 50);
+    let dir = scratch("kinesis-replicas");
+    let conf = |name: &str| {
+        yaml(
+            &kinesis,
+            &dynamo,
+            &stream,
+            &table,
+            &dir.join(format!("{name}.ndjson")),
+            &dir.join(format!("{name}-dead.ndjson")),
+            &format!("    worker_id: {name}"),
+        )
+    };
+    let mut a = spawn(&dir, "a", &conf("a"));
+    assert!(
+        wait_until(Duration::from_secs(30), || lines(&a.out) >= 100),
+        "replica a reads: see {}",
+        dir.join("a.log").display()
+    );
+    let mut b = spawn(&dir, "b", &conf("b"));
+    // The two replicas balance: two leases each.
+    let balanced = wait_until(Duration::from_secs(40), || {
+        let ls = rt.block_on(leases(&dynamo, &table));
+        let n = |w: &str| ls.iter().filter(|l| l.owner.as_deref() == Some(w)).count();
+        n("a") == 2 && n("b") == 2
+    });
+    assert!(
+        balanced,
+        "leases: {:?}",
+        rt.block_on(leases(&dynamo, &table))
+    );
+    put_round(&rt, 50);
+    std::thread::sleep(Duration::from_millis(300));
+    a.child.kill().expect("SIGKILL a");
+    let _ = a.child.wait();
+    put_round(&rt, 50);
+    let want: BTreeSet<String> = keys
+        .iter()
+        .enumerate()
+        .flat_map(|(k, key)| (0..next[k]).map(move |i| id("x", key, i)))
+        .collect();
+    let all = |a: &Proc, b: &Proc| {
+        let mut u: BTreeSet<String> = BTreeSet::new();
+        for p in [a, b] {
+            u.extend(events(&p.out).into_iter().map(|(u, _)| u));
+        }
+        u
+    };
+    let complete = wait_until(Duration::from_secs(60), || all(&a, &b).is_superset(&want));
+    let ls = rt.block_on(leases(&dynamo, &table));
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(b.child.id().to_string())
+        .status();
+    let status = b.child.wait().expect("b exits");
+    let got = all(&a, &b);
+    let missing: Vec<&String> = want.difference(&got).take(10).collect();
+    assert!(
+        complete,
+        "missing events (first 10): {missing:?}; leases {ls:?}"
+    );
+    assert!(status.success(), "b stopped cleanly: {status:?}");
+    assert!(
+        ls.iter().all(|l| l.owner.as_deref() == Some("b")),
+        "b took over every lease: {ls:?}"
+    );
+    // Re-delivered events are byte-identical; order holds within each replica's output.
+    let mut bytes: BTreeMap<String, String> = BTreeMap::new();
+    let mut redelivered = 0;
+    for p in [&a, &b] {
+        let ev = events(&p.out);
+        check_order(&ev.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>());
+        for (u, line) in ev {
+            match bytes.get(&u) {
+                Some(prev) => {
+                    redelivered += 1;
+                    assert_eq!(prev, &line, "a re-delivered event differs: {u}");
+                }
+                None => {
+                    bytes.insert(u, line);
+                }
+            }
+        }
+    }
+    assert_eq!(lines(&a.dead) + lines(&b.dead), 0, "no dead letters");
+    eprintln!(
+        "{} events, {} re-delivered after the kill",
+        bytes.len(),
+        redelivered
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn enhanced_fan_out_reads_every_shard_in_order_across_a_split() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let stream = kc::unique("efo");
+    let table = kc::unique("leases");
+    let t = templates();
+    let keys: Vec<String> = (0..8).map(|k| format!("e{k}")).collect();
+    let mut next = vec![0usize; keys.len()];
+    let mut put_round = |rt: &tokio::runtime::Runtime, n: usize| {
+        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+        for _ in 0..n {
+            for (k, key) in keys.iter().enumerate() {
+                recs.push((key.clone(), record(&t, next[k], &id("f", key, next[k]))));
+                next[k] += 1;
+            }
+        }
+        let refs: Vec<(&str, &[u8])> = recs
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.as_slice()))
+            .collect();
+        rt.block_on(kc::put_records(&client, &stream, &refs));
+    };
+    rt.block_on(kc::create_stream(&client, &stream, 2));
+    put_round(&rt, 30);
+    let dir = scratch("kinesis-efo");
+    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
+    let extra = "    enhanced_fan_out: auditnorm-test";
+    let run = Running::start(&yaml(
+        &kinesis, &dynamo, &stream, &table, &out, &dead, extra,
+    ));
+    assert!(
+        wait_until(Duration::from_secs(30), || lines(&out) >= 240),
+        "{} events by enhanced fan-out",
+        lines(&out)
+    );
+    // Records pushed while subscribed, then a split: the children are read after the parent.
+    put_round(&rt, 30);
+    let first = rt.block_on(async {
+        kc::open_shards(&client, &stream).await[0]
+            .shard_id()
+            .to_string()
+    });
+    rt.block_on(kc::split_shard(&client, &stream, &first));
+    put_round(&rt, 30);
+    let want = 90 * keys.len();
+    let done = wait_until(Duration::from_secs(60), || lines(&out) >= want);
+    let summary = run.stop().expect("clean stop");
+    assert!(done, "{} of {want} events; {summary}", lines(&out));
+    let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
+    let order = check_order(&uids);
+    for key in &keys {
+        assert_eq!(
+            order[&format!("f-{key}")],
+            (0..90).collect::<Vec<_>>(),
+            "{key}"
+        );
+    }
+    let ls = rt.block_on(leases(&dynamo, &table));
+    let parent = ls.iter().find(|l| l.shard == first).expect("lease");
+    assert_eq!(parent.checkpoint, Checkpoint::End, "{parent:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let (input, output, dlq) = (kc::unique("in"), kc::unique("out"), kc::unique("dlq"));
+    let table = kc::unique("leases");
+    let t = templates();
+    let shards: Vec<String> = rt.block_on(async {
+        kc::create_stream(&client, &input, 3).await;
+        kc::create_stream(&client, &output, 2).await;
+        kc::create_stream(&client, &dlq, 1).await;
+        kc::list_shards(&client, &input)
+            .await
+            .iter()
+            .map(|s| s.shard_id().to_string())
+            .collect()
+    });
+    rt.block_on(async {
+        for (k, s) in shards.iter().enumerate() {
+            let recs: Vec<Vec<u8>> = (0..200)
+                .map(|i| record(&t, i, &id("o", &format!("s{k}"), i)))
+                .collect();
+            let mut refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
+            refs.insert(50, b"not json at all");
+            kc::put_to_shard(&client, &input, s, &refs).await;
+        }
+    });
+    let dir = scratch("kinesis-out");
+    let text = yaml(
+        &kinesis,
+        &dynamo,
+        &input,
+        &table,
+        Path::new("-"),
+        Path::new("-"),
+        "",
+    )
+    .replace(
+        "output:\n  file: -",
+        &format!("output:\n  kinesis: {{stream: {output}, region: us-east-1, endpoint: \"{kinesis}\"}}"),
+    )
+    .replace(
+        "dead_letter:\n  file: -",
+        &format!("dead_letter:\n  kinesis: {{stream: {dlq}, region: us-east-1, endpoint: \"{kinesis}\"}}"),
+    );
+    let run = Running::start(&text);
+    let count = |stream: &str| -> usize {
+        rt.block_on(kc::read_all(&client, stream))
+            .values()
+            .map(Vec::len)
+            .sum()
+    };
+    let done = wait_until(Duration::from_secs(60), || {
+        count(&output) >= 600 && count(&dlq) >= 3
+    });
+    let summary = run.stop().expect("clean stop");
+    assert!(
+        done,
+        "{} events, {} dead letters; {summary}",
+        count(&output),
+        count(&dlq)
+    );
+    // Each lane's events share one partition key (the lane's name) and keep its order.
+    let got = rt.block_on(kc::read_all_keyed(&client, &output));
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for records in got.values() {
+        for g in records {
+            let v: serde_json::Value = serde_json::from_slice(&g.data).expect("event JSON");
+            per_key
+                .entry(g.partition_key.clone())
+                .or_default()
+                .push(v["metadata"]["uid"].as_str().expect("uid").to_string());
+        }
+    }
+    assert_eq!(
+        per_key.len(),
+        3,
+        "one partition key per lane: {:?}",
+        per_key.keys()
+    );
+    for (key, uids) in &per_key {
+        assert!(key.starts_with(&format!("{input}/shardId-")), "{key}");
+        let order = check_order(uids);
+        assert_eq!(order.len(), 1, "one input shard per key: {key}");
+        assert_eq!(
+            order.values().next().unwrap(),
+            &(0..200).collect::<Vec<_>>()
+        );
+    }
+    let dead = rt.block_on(kc::read_all_keyed(&client, &dlq));
+    let dls: Vec<serde_json::Value> = dead
+        .values()
+        .flatten()
+        .map(|g| serde_json::from_slice(&g.data).expect("dead-letter JSON"))
+        .collect();
+    assert_eq!(dls.len(), 3);
+    for d in &dls {
+        assert!(d.to_string().contains("not json at all"), "{d}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
