@@ -77,8 +77,9 @@ KUBE_VERSIONS = [
     for v in os.environ.get("CHART_CHECK_KUBE_VERSIONS", "1.31 latest").split()
 ]
 # Config keys the chart writes that auditnorm's `run` config may not have yet. While the binary's
-# config schema lacks one, it is taken out before `auditnorm validate`, with a note.
-PENDING_KEYS = ("metrics", "redaction")
+# config schema lacks one, it is taken out before `auditnorm validate`, with a note. (`metrics`
+# and `redaction` are in the config now: the binary must accept them.)
+PENDING_KEYS = ()
 # The only way `auditnorm validate` may refuse a Kinesis config: Kinesis input not there yet.
 KINESIS_UNSUPPORTED = re.compile(
     r"'kinesis' was unexpected|unknown variant `kinesis`|kinesis.*not (yet )?supported"
@@ -341,6 +342,11 @@ def check_promises(scenario, values, docs, config):
         bad("no PodDisruptionBudget")
     if values["metrics"]["serviceMonitor"]["enabled"] and not find(docs, "ServiceMonitor"):
         bad("no ServiceMonitor")
+    metrics_path = config.get("metrics", {}).get("path", "/metrics")
+    for sm in find(docs, "ServiceMonitor"):
+        paths = [e.get("path") for e in sm["spec"]["endpoints"]]
+        if paths != [metrics_path]:
+            bad(f"ServiceMonitor scrapes {paths}, the config serves metrics at {metrics_path!r}")
     ok("probes, ports, securityContext, grace period, Secret references as promised"
        + (f" ({', '.join(sorted(refs))} from Secrets)" if refs else ""))
 

@@ -53,6 +53,28 @@ pub struct ConfigFile {
     /// Secret redaction in events and dead letters: on, with the built-in rules, by default.
     #[serde(default)]
     pub redaction: RedactionSpec,
+    /// Prometheus metrics, `/healthz` and `/readyz` on one HTTP port. Absent: no port is
+    /// opened (the Helm chart always writes it).
+    #[serde(default)]
+    pub metrics: Option<MetricsSpec>,
+}
+
+/// The metrics port: `GET <path>` (Prometheus text format), `GET /healthz` (200 while the
+/// process is alive and no lane is stalled), `GET /readyz` (200 while the input is connected,
+/// at least one lane runs, and the pipeline is not stopping).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Address and port to listen on, `IP:PORT`, e.g. `0.0.0.0:9464` or `[::]:9464`.
+    pub listen: String,
+    /// Where the metrics are served.
+    #[serde(default = "defaults::metrics_path")]
+    pub path: String,
+    /// A lane with records in flight whose commit point has not moved for this long (or that
+    /// has not run at all) makes `/healthz` fail, so that Kubernetes restarts the pod. Keep it
+    /// above what a retry cycle takes (`retry.budget` x (`delivery_timeout` + `max_backoff`)).
+    #[serde(default = "defaults::stall_timeout")]
+    pub stall_timeout: HumanDuration,
 }
 
 /// Redaction settings (the same as `replay`'s flags). The hash key never sits in this file:
@@ -576,7 +598,16 @@ mod defaults {
     pub fn max_backoff() -> HumanDuration {
         HumanDuration(Duration::from_secs(30))
     }
+    pub fn metrics_path() -> String {
+        "/metrics".into()
+    }
+    pub fn stall_timeout() -> HumanDuration {
+        HumanDuration(super::DEFAULT_STALL_TIMEOUT)
+    }
 }
+
+/// `metrics.stall_timeout` when not given (and for pipelines without a metrics port).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A duration written as a whole number and a unit: `ms`, `s`, `m` or `h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -813,6 +844,15 @@ pub struct Plan {
     pub keep_raw_dead_letters: bool,
     /// What the operator must read at start (redaction off, raw dead letters).
     pub notices: Vec<String>,
+    /// The metrics port, when configured.
+    pub metrics: Option<MetricsPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsPlan {
+    pub listen: std::net::SocketAddr,
+    pub path: String,
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1357,6 +1397,10 @@ impl ConfigFile {
                 );
                 client.set("enable.auto.offset.store", "false");
                 client.set("enable.partition.eof", "false");
+                if client.get("statistics.interval.ms").is_none() {
+                    // Consumer lag per lane and the broker connection state (for /readyz).
+                    client.set("statistics.interval.ms", "5000");
+                }
                 if client.get("auto.offset.reset").is_none() {
                     // A new group reads what is there: nothing older is skipped silently.
                     client.set("auto.offset.reset", "earliest");
@@ -1501,6 +1545,32 @@ impl ConfigFile {
             }
         };
 
+        let metrics = self.metrics.as_ref().map(|m| {
+            let listen = m.listen.parse().unwrap_or_else(|_| {
+                p.push(
+                    "metrics.listen",
+                    format!("`{}` is not `IP:PORT` (e.g. 0.0.0.0:9464)", m.listen),
+                );
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+            });
+            if !m.path.starts_with('/') || m.path.len() < 2 {
+                p.push("metrics.path", "must start with `/` and name a path");
+            } else if ["/healthz", "/readyz"].contains(&m.path.as_str()) {
+                p.push(
+                    "metrics.path",
+                    format!("`{}` is taken by the probe", m.path),
+                );
+            }
+            if m.stall_timeout.0.is_zero() {
+                p.push("metrics.stall_timeout", "must be longer than zero");
+            }
+            MetricsPlan {
+                listen,
+                path: m.path.clone(),
+                stall_timeout: m.stall_timeout.0,
+            }
+        });
+
         if p.0.is_empty() {
             Ok(Plan {
                 input,
@@ -1511,6 +1581,7 @@ impl ConfigFile {
                 redactor,
                 keep_raw_dead_letters: r.keep_raw_dead_letters,
                 notices,
+                metrics,
             })
         } else {
             Err(Problems(p.0))

@@ -13,6 +13,7 @@
 //! - [`dlq`]: the dead-letter record. [`error`]: bounded error codes and stages.
 //! - [`sink`]: outputs. [`replay`]: the `replay` command's lane loop.
 //! - [`json`]: the tape view and JSON writer shared by all of the above.
+//! - [`telemetry`]: metric and log-event names, `/metrics` `/healthz` `/readyz`, log setup.
 
 pub mod config;
 pub mod dlq;
@@ -31,3 +32,26 @@ pub mod redaction;
 pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
+
+/// Every JSON Schema auditnorm publishes, as `(path under schemas/, text)`: the run config, the
+/// mapping-table format, the dead letter, and the exported OCSF classes events are checked
+/// against (written from the copies embedded in the binary). `auditnorm schema` writes them; a
+/// test fails when a checked-in file differs.
+pub fn published_schemas() -> Vec<(String, String)> {
+    let mut v = vec![
+        ("config.schema.json".to_string(), config::json_schema()),
+        (
+            "mapping-table.schema.json".to_string(),
+            mapping::table::json_schema(),
+        ),
+        ("dead-letter.schema.json".to_string(), dlq::json_schema()),
+    ];
+    for c in ocsf::CLASSES {
+        v.push((
+            format!("ocsf/{}/{}.json", ocsf::OCSF_VERSION, c.name),
+            c.schema_json.to_string(),
+        ));
+    }
+    v
+}

@@ -6,6 +6,7 @@ use auditnorm::pipeline;
 use auditnorm::record::SourceKind;
 use auditnorm::replay::{self, ReplayError, ReplayOptions};
 use auditnorm::sink::file::Target;
+use auditnorm::telemetry::{event, LogFormat};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -48,6 +49,23 @@ impl SourceArg {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormatArg {
+    Json,
+    Text,
+    Auto,
+}
+
+impl LogFormatArg {
+    fn format(self) -> LogFormat {
+        match self {
+            LogFormatArg::Json => LogFormat::Json,
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Auto => LogFormat::Auto,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Replay archived audit logs (files, directories, `-` for stdin) into OCSF events.
@@ -80,6 +98,10 @@ enum Command {
         /// The YAML config file (schema: schemas/config.schema.json).
         #[arg(long, short)]
         config: PathBuf,
+        /// Log lines on standard error: `json` (one object per line), `text`, or `auto` (text
+        /// on a terminal, JSON otherwise). Level: AUDITNORM_LOG or RUST_LOG (default `info`).
+        #[arg(long, value_enum, default_value = "auto")]
+        log_format: LogFormatArg,
     },
     /// Check the mapping tables (built-in, or those in --mappings) and, with --config, a config
     /// file; lists every problem found and exits non-zero if there is any.
@@ -91,8 +113,9 @@ enum Command {
         #[arg(long)]
         mappings: Option<PathBuf>,
     },
-    /// Write the JSON Schemas auditnorm publishes (the dead-letter format and the config file)
-    /// into a directory.
+    /// Write the JSON Schemas auditnorm publishes into a directory: the config file, the
+    /// mapping-table format, the dead-letter format, and the OCSF classes events are checked
+    /// against (ocsf/<version>/<class>.json).
     Schema {
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
@@ -157,14 +180,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => run(&config),
+        Command::Run { config, log_format } => {
+            auditnorm::telemetry::init_logging(log_format.format());
+            run(&config)
+        }
         Command::Validate { config, mappings } => validate(config.as_deref(), mappings),
         Command::Schema { dir } => {
-            for (name, schema) in [
-                ("dead-letter.schema.json", auditnorm::dlq::json_schema()),
-                ("config.schema.json", auditnorm::config::json_schema()),
-            ] {
+            for (name, schema) in auditnorm::published_schemas() {
                 let path = dir.join(name);
+                if let Some(parent) = path.parent() {
+                    if let Err(e) = std::fs::create_dir_all(parent) {
+                        eprintln!("error: cannot create {}: {e}", parent.display());
+                        return ExitCode::from(1);
+                    }
+                }
                 match std::fs::write(&path, schema) {
                     Ok(()) => eprintln!("wrote {}", path.display()),
                     Err(e) => {
@@ -187,7 +216,7 @@ fn run(config: &std::path::Path) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            tracing::error!(event = event::FAILED, error = %e, "cannot start the runtime");
             return ExitCode::from(1);
         }
     };
@@ -199,36 +228,56 @@ fn run(config: &std::path::Path) -> ExitCode {
     let plan = match auditnorm::config::load(config) {
         Ok(p) => p,
         Err(problems) => {
-            eprintln!("error: {} is not a valid config:", config.display());
             for p in &problems.0 {
-                eprintln!("  {p}");
+                tracing::error!(
+                    event = event::CONFIG_INVALID,
+                    config = %config.display(),
+                    at = %p.at,
+                    problem = %p.message,
+                    "not a valid config"
+                );
             }
             return ExitCode::from(2);
         }
     };
     for n in &plan.notices {
-        eprintln!("{n}");
+        tracing::warn!(event = event::CONFIG_NOTICE, "{n}");
     }
-    let mappings = match load(plan.mappings.as_deref()) {
-        Ok(m) => m,
-        Err(code) => return code,
+    let mappings = match Mappings::load(plan.mappings.as_deref()) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            tracing::error!(event = event::CONFIG_INVALID, error = %e, "mapping tables");
+            return ExitCode::from(2);
+        }
     };
-    eprintln!(
-        "auditnorm {}: events to {}, dead letters to {}",
-        env!("CARGO_PKG_VERSION"),
-        pipeline::describe(&plan.output),
-        pipeline::describe(&plan.dead_letter)
+    tracing::info!(
+        event = event::STARTING,
+        version = env!("CARGO_PKG_VERSION"),
+        output = %pipeline::describe(&plan.output),
+        dead_letter = %pipeline::describe(&plan.dead_letter),
+        metrics = %plan.metrics.as_ref().map_or("off".to_string(), |m| m.listen.to_string()),
+        "auditnorm starting"
     );
     let result = runtime.block_on(pipeline::run(&plan, mappings, signals.first()));
     // Lanes and clients are closed by now; do not wait for stray blocking tasks.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(summary) => {
-            eprintln!("{summary}");
+            tracing::info!(
+                event = event::STOPPED,
+                records = summary.records,
+                events = summary.events,
+                dead_letters = summary.dead_letters,
+                skipped = summary.skipped,
+                lanes = summary.lanes,
+                retries = summary.retries,
+                elapsed_seconds = summary.elapsed.as_secs_f64(),
+                "{summary}"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!(event = event::FAILED, error = %e, "pipeline failed");
             ExitCode::from(1)
         }
     }
@@ -246,7 +295,9 @@ impl Signals {
         use tokio::signal::unix::{signal, SignalKind};
         let watch = |kind, name| {
             signal(kind)
-                .map_err(|e| eprintln!("warning: cannot watch {name}: {e}"))
+                .map_err(
+                    |e| tracing::warn!(event = event::FAILED, error = %e, "cannot watch {name}"),
+                )
                 .ok()
         };
         Signals {
@@ -273,10 +324,16 @@ impl Signals {
     /// Resolves on the first signal; a second one exits at once (status 130).
     async fn first(mut self) {
         self.next().await;
-        eprintln!("notice: stopping: draining in-flight records, then committing (signal again to exit at once)");
+        tracing::info!(
+            event = event::STOPPING,
+            "stopping: draining in-flight records, then committing (signal again to exit at once)"
+        );
         tokio::spawn(async move {
             self.next().await;
-            eprintln!("error: stopped without draining; uncommitted records will be read again");
+            tracing::error!(
+                event = event::STOPPED,
+                "stopped without draining; uncommitted records will be read again"
+            );
             std::process::exit(130);
         });
     }

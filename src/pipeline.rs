@@ -46,6 +46,7 @@ use crate::record::{Position, SourceKind};
 use crate::sink::file::Target;
 use crate::sink::kafka::{self as ksink, KafkaTopic, Placement};
 use crate::sink::kinesis::{self as kinesis_sink, KinesisStream};
+use crate::telemetry::{self, DestinationKind, Health, LaneMetrics, LaneStop};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Write;
@@ -159,7 +160,7 @@ pub enum Route {
 impl Destination {
     async fn open(
         plan: &DestinationPlan,
-        what: &'static str,
+        kind: DestinationKind,
         settings: &LaneSettings,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Destination, PipelineError> {
@@ -178,9 +179,12 @@ impl Destination {
                         Err(e) => {
                             attempt += 1;
                             let wait = settings.retry.delay(attempt);
-                            eprintln!(
-                                "warning: {what}: {e}; trying again in {wait:?} (attempt {attempt} of {})",
-                                settings.retry.budget
+                            telemetry::destination_connect_retry(
+                                kind,
+                                attempt,
+                                settings.retry.budget,
+                                wait,
+                                &e.to_string(),
                             );
                             tokio::select! {
                                 _ = tokio::time::sleep(wait) => {}
@@ -194,6 +198,10 @@ impl Destination {
             }
             DestinationPlan::Kafka(k) => {
                 let timeout = settings.delivery_timeout.min(Duration::from_secs(10));
+                let what = match kind {
+                    DestinationKind::Output => "output",
+                    DestinationKind::DeadLetter => "dead-letter",
+                };
                 let mut attempt = 0;
                 loop {
                     let k2 = k.clone();
@@ -210,9 +218,12 @@ impl Destination {
                         Err(e) => {
                             attempt += 1;
                             let wait = settings.retry.delay(attempt);
-                            eprintln!(
-                                "warning: {e}; trying again in {wait:?} (attempt {attempt} of {})",
-                                settings.retry.budget
+                            telemetry::destination_connect_retry(
+                                kind,
+                                attempt,
+                                settings.retry.budget,
+                                wait,
+                                &e,
                             );
                             tokio::select! {
                                 _ = tokio::time::sleep(wait) => {}
@@ -274,17 +285,17 @@ impl Destination {
         }
     }
 
-    fn close(&self) {
+    fn close(&self, kind: DestinationKind) {
         match self {
             Destination::Kafka(t) => t.flush(Duration::from_secs(5)),
             Destination::Kinesis(t) => {
                 if let Err(e) = t.flush_blocking(Duration::from_secs(5)) {
-                    eprintln!("warning: {e}");
+                    telemetry::destination_error(kind, &e);
                 }
             }
             Destination::Lines(s) => {
                 if let Err(e) = lock(s).flush() {
-                    eprintln!("error: {e}");
+                    telemetry::destination_error(kind, &e);
                 }
             }
         }
@@ -336,11 +347,10 @@ impl Future for Ack {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Counters (the lead wires these to metrics)
+// Counters for the summary (the metrics are in `telemetry.rs`, emitted next to these)
 // ---------------------------------------------------------------------------------------------
 
-/// Pipeline counters. METRICS HOOK: export these (or increment metrics where they are
-/// incremented: `Lane::on_ack`, `Lane::rewind`, `Collect::skipped`).
+/// Pipeline counters, for the summary printed when `run` stops.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Input records (units) whose every output was acknowledged.
@@ -409,6 +419,8 @@ pub enum PipelineError {
     Destination(String),
     #[error("input: {0}")]
     Input(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error(transparent)]
     Lane(#[from] LaneError),
 }
@@ -439,11 +451,14 @@ pub struct Shared {
     pub stats: Stats,
     pub redactor: Option<crate::redact::Redactor>,
     pub keep_raw_dead_letters: bool,
+    pub health: Arc<Health>,
 }
 
 struct Entry {
     position: Position,
     bytes: Vec<u8>,
+    /// When the lane read it (for the checkpoint latency).
+    read_at: Instant,
     /// Deliveries not yet acknowledged.
     pending: u32,
     /// Every delivery of this record has been handed to its destination.
@@ -451,35 +466,48 @@ struct Entry {
     failed: bool,
 }
 
+/// What a delivery was, with the index of its counter in the lane's [`LaneMetrics`].
 #[derive(Clone, Copy)]
 enum Kind {
-    Event,
-    DeadLetter,
+    Event(u16),
+    DeadLetter(u16),
+}
+
+impl Kind {
+    fn destination(self) -> DestinationKind {
+        match self {
+            Kind::Event(_) => DestinationKind::Output,
+            Kind::DeadLetter(_) => DestinationKind::DeadLetter,
+        }
+    }
 }
 
 enum Outgoing {
-    Event(Vec<u8>),
-    DeadLetter(DeadLetter),
+    Event(Vec<u8>, u16),
+    DeadLetter(DeadLetter, u16),
 }
 
 struct Collect<'a> {
     out: &'a mut Vec<Outgoing>,
     stats: &'a Stats,
+    metrics: &'a mut LaneMetrics,
 }
 
 impl Emit for Collect<'_> {
-    fn event(&mut self, json: &[u8], _info: EventInfo<'_>) {
-        self.out.push(Outgoing::Event(json.to_vec()));
+    fn event(&mut self, json: &[u8], info: EventInfo<'_>) {
+        let label = self.metrics.event_label(info.source, info.class_uid);
+        self.out.push(Outgoing::Event(json.to_vec(), label));
     }
 
     fn dead_letter(&mut self, dl: DeadLetter) {
         // Already redacted: the normalizer redacts every dead letter it emits.
-        self.out.push(Outgoing::DeadLetter(dl));
+        let label = self.metrics.dead_letter_label(dl.stage, dl.error_code);
+        self.out.push(Outgoing::DeadLetter(dl, label));
     }
 
     fn skipped(&mut self, position: &Position, reason: &str) {
         self.stats.skipped.fetch_add(1, Relaxed);
-        eprintln!("notice: {position}: skipped: {reason}");
+        telemetry::unit_skipped(self.metrics.lane(), position, reason);
     }
 }
 
@@ -495,15 +523,18 @@ struct Lane {
     /// Deliveries in the order they were sent: (record number, kind, acknowledgement).
     acks: VecDeque<(u64, Kind, Ack)>,
     /// The commit point: the newest record whose every delivery, and every earlier
-    /// record's, is acknowledged.
+    /// record's, is acknowledged; and when it was read.
     acked: Option<Position>,
+    acked_read_at: Option<Instant>,
     /// `acked` moved since the last checkpoint.
     dirty: bool,
-    /// The first delivery failure since the last retry.
+    /// The first delivery failure since the last retry, and where it went.
     failure: Option<String>,
+    failure_dest: DestinationKind,
     /// Retries in a row without the commit point moving.
     attempts: u32,
     out: Vec<Outgoing>,
+    metrics: LaneMetrics,
 }
 
 /// How a lane ended.
@@ -527,7 +558,7 @@ enum Step {
 }
 
 impl Lane {
-    fn new(shared: Arc<Shared>, spec: &LaneSpec) -> Result<Lane, LaneError> {
+    fn new(shared: Arc<Shared>, spec: &LaneSpec, metrics: LaneMetrics) -> Result<Lane, LaneError> {
         let route = |d: &Destination| {
             d.route(spec).map_err(|reason| LaneError::Route {
                 lane: spec.name.clone(),
@@ -548,16 +579,19 @@ impl Lane {
             first: 0,
             acks: VecDeque::new(),
             acked: None,
+            acked_read_at: None,
             dirty: false,
             failure: None,
+            failure_dest: DestinationKind::Output,
             attempts: 0,
             out: Vec::new(),
+            metrics,
         })
     }
 
     /// Normalizes record number `n` and hands its events and dead letters to their
-    /// destinations, in order.
-    async fn send(&mut self, n: u64) {
+    /// destinations, in order. `now`: the time, read by the caller.
+    async fn send(&mut self, n: u64, now: Instant) {
         let i = (n - self.first) as usize;
         self.out.clear();
         {
@@ -565,24 +599,26 @@ impl Lane {
             let mut c = Collect {
                 out: &mut self.out,
                 stats: &self.shared.stats,
+                metrics: &mut self.metrics,
             };
             self.normalizer.normalize(&e.bytes, &e.position, &mut c);
         }
+        self.metrics.normalized(now.elapsed());
         self.entries[i].pending = self.out.len() as u32;
         let out = std::mem::take(&mut self.out);
         for o in &out {
             loop {
                 let r = match o {
-                    Outgoing::Event(json) => self
+                    Outgoing::Event(json, label) => self
                         .shared
                         .events
                         .send_event(&self.events_route, json)
-                        .map(|a| (Kind::Event, a)),
-                    Outgoing::DeadLetter(dl) => self
+                        .map(|a| (Kind::Event(*label), a)),
+                    Outgoing::DeadLetter(dl, label) => self
                         .shared
                         .dead_letters
                         .send_dead_letter(&self.dead_route, dl)
-                        .map(|a| (Kind::DeadLetter, a)),
+                        .map(|a| (Kind::DeadLetter(*label), a)),
                 };
                 match r {
                     Ok((kind, ack)) => {
@@ -621,22 +657,27 @@ impl Lane {
         let e = &mut self.entries[(n - self.first) as usize];
         e.pending -= 1;
         match r {
-            Ok(()) => {
-                // METRICS HOOK: an event / a dead letter acknowledged.
-                match kind {
-                    Kind::Event => stats.events.fetch_add(1, Relaxed),
-                    Kind::DeadLetter => stats.dead_letters.fetch_add(1, Relaxed),
-                };
-            }
+            Ok(()) => match kind {
+                Kind::Event(label) => {
+                    stats.events.fetch_add(1, Relaxed);
+                    self.metrics.event_acknowledged(label);
+                }
+                Kind::DeadLetter(label) => {
+                    stats.dead_letters.fetch_add(1, Relaxed);
+                    self.metrics.dead_letter_acknowledged(label);
+                }
+            },
             Err(err) => {
                 stats.failed_deliveries.fetch_add(1, Relaxed);
+                telemetry::delivery_failed(kind.destination());
                 e.failed = true;
                 if self.failure.is_none() {
                     let what = match kind {
-                        Kind::Event => "output",
-                        Kind::DeadLetter => "dead-letter destination",
+                        Kind::Event(_) => "output",
+                        Kind::DeadLetter(_) => "dead-letter destination",
                     };
                     self.failure = Some(format!("{what}: {err}"));
+                    self.failure_dest = kind.destination();
                 }
             }
         }
@@ -663,9 +704,11 @@ impl Lane {
             let e = self.entries.pop_front().expect("front exists");
             self.first += 1;
             self.acked = Some(e.position);
+            self.acked_read_at = Some(e.read_at);
             self.dirty = true;
             self.attempts = 0;
             self.shared.stats.records.fetch_add(1, Relaxed);
+            self.metrics.acknowledged();
         }
     }
 
@@ -677,17 +720,23 @@ impl Lane {
         for d in [&self.shared.events, &self.shared.dead_letters] {
             if let Err(e) = d.sync() {
                 // Not durable yet: keep the commit point where it was, try again next tick.
-                eprintln!("warning: lane {}: {e}", self.name);
+                telemetry::checkpoint_failed(&self.name, upto, &e);
                 return;
             }
         }
         match ckpt.checkpoint(upto) {
-            Ok(()) => self.dirty = false,
-            Err(e) => eprintln!(
-                "warning: lane {}: cannot store commit point {upto}: {e}",
-                self.name
-            ),
+            Ok(()) => {
+                self.dirty = false;
+                self.metrics.checkpointed(upto, self.acked_read_at.take());
+            }
+            Err(e) => telemetry::checkpoint_failed(&self.name, upto, &e),
         }
+    }
+
+    /// The checkpoint tick's metrics: in-flight records, liveness, redaction counts.
+    fn publish(&mut self) {
+        self.metrics
+            .tick(self.entries.len(), self.normalizer.redaction_counts());
     }
 
     /// Every delivery has settled and one failed: wait, then send again everything not yet
@@ -705,14 +754,16 @@ impl Lane {
                 last,
             });
         }
-        // METRICS HOOK: a lane retry.
         self.shared.stats.retries.fetch_add(1, Relaxed);
         let wait = self.shared.settings.retry.delay(self.attempts);
-        eprintln!(
-            "warning: lane {}: {last}; sending {} records again from the commit point in {wait:?} (attempt {} of {budget})",
-            self.name,
+        telemetry::lane_retry(
+            &self.name,
+            self.failure_dest,
+            self.attempts,
+            budget,
+            wait,
             self.entries.len(),
-            self.attempts
+            &last,
         );
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -726,7 +777,7 @@ impl Lane {
         let end = self.first + self.entries.len() as u64;
         let mut n = self.first;
         while n < end && self.failure.is_none() {
-            self.send(n).await;
+            self.send(n, Instant::now()).await;
             n += 1;
         }
         Ok(true)
@@ -753,6 +804,7 @@ impl Lane {
             // checkpoint (and see `stop`), see the yield below.
             if last_checkpoint.elapsed() >= every {
                 self.checkpoint(&mut ckpt);
+                self.publish();
                 last_checkpoint = Instant::now();
             }
             if self.failure.is_some() && self.acks.is_empty() {
@@ -764,6 +816,8 @@ impl Lane {
                     Ok(false) => break LaneEnd::Abandoned(self.entries.len()),
                     Err(e) => {
                         self.checkpoint(&mut ckpt);
+                        self.publish();
+                        self.metrics.stopped();
                         return Err(e);
                     }
                 }
@@ -803,14 +857,17 @@ impl Lane {
                 Step::Tick => {}
                 Step::Read(Some(unit)) => {
                     let n = self.first + self.entries.len() as u64;
+                    let now = Instant::now();
+                    self.metrics.received();
                     self.entries.push_back(Entry {
                         position: unit.position,
                         bytes: unit.bytes,
+                        read_at: now,
                         pending: 0,
                         sent: false,
                         failed: false,
                     });
-                    self.send(n).await;
+                    self.send(n, now).await;
                     self.take_ready_acks();
                     // librdkafka's queue is not a tokio resource and is always ready under
                     // load, so without this the task would never yield: tokio's own timers and
@@ -828,6 +885,8 @@ impl Lane {
             }
         };
         self.checkpoint(&mut ckpt);
+        self.publish();
+        self.metrics.stopped();
         Ok(end)
     }
 }
@@ -839,6 +898,24 @@ impl Lane {
 struct Running {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Deregisters a lane from [`Health`] when its task ends, and reports a task that panicked
+/// (the lane's state is dropped while unwinding).
+struct LaneGuard {
+    name: Arc<str>,
+    health: Arc<Health>,
+    lane: Arc<telemetry::LaneHealth>,
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.health.lane_died(&self.name);
+            telemetry::lane_stopped(&self.name, LaneStop::Panicked);
+        }
+        self.health.deregister(&self.name, &self.lane);
+    }
 }
 
 /// The running lanes of one pipeline. An input starts a lane when it gets a partition (or
@@ -855,27 +932,39 @@ impl Lanes {
     /// Starts a lane on the runtime. A lane of the same name still running is stopped first.
     pub fn start<S: LaneSource, C: Checkpointer>(&self, spec: LaneSpec, source: S, ckpt: C) {
         self.stop_blocking(std::slice::from_ref(&spec.name));
-        let lane = match Lane::new(self.shared.clone(), &spec) {
+        let health = &self.shared.health;
+        let lane_health = health.register(&spec.name);
+        let metrics = LaneMetrics::new(&spec.name, lane_health.clone(), health.clock());
+        let lane = match Lane::new(self.shared.clone(), &spec, metrics) {
             Ok(l) => l,
             Err(e) => {
+                health.deregister(&spec.name, &lane_health);
                 let _ = self.fatal.send(e);
                 return;
             }
         };
         self.shared.stats.lanes_started.fetch_add(1, Relaxed);
+        telemetry::lane_started(&spec.name);
         let (stop_tx, stop_rx) = oneshot::channel();
         let fatal = self.fatal.clone();
-        let name = spec.name.clone();
+        let guard = LaneGuard {
+            name: spec.name.clone(),
+            health: health.clone(),
+            lane: lane_health,
+        };
         let task = self.handle.spawn(async move {
-            match lane.run(source, ckpt, stop_rx).await {
-                Ok(LaneEnd::Abandoned(n)) if n > 0 => eprintln!(
-                    "notice: lane {name}: stopped with {n} records unacknowledged; they will be read again"
-                ),
-                Ok(_) => {}
+            let guard = guard;
+            let how = match lane.run(source, ckpt, stop_rx).await {
+                Ok(LaneEnd::Abandoned(n)) => LaneStop::Abandoned(n),
+                Ok(LaneEnd::Drained) => LaneStop::Drained,
+                Ok(LaneEnd::Finished) => LaneStop::Finished,
                 Err(e) => {
+                    telemetry::lane_failed(&guard.name, &e.to_string());
                     let _ = fatal.send(e);
+                    LaneStop::Failed
                 }
-            }
+            };
+            telemetry::lane_stopped(&guard.name, how);
         });
         self.lock().insert(
             spec.name,
@@ -947,6 +1036,11 @@ impl Lanes {
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }
+
+    /// Readiness and liveness: inputs report their connection here (see `telemetry.rs`).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.shared.health
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -962,15 +1056,53 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Summary, PipelineError> {
     let start = Instant::now();
+    let stall_timeout = plan
+        .metrics
+        .as_ref()
+        .map_or(crate::config::DEFAULT_STALL_TIMEOUT, |m| m.stall_timeout);
+    let health = Arc::new(Health::new(stall_timeout));
+    // The tables were loaded before `run` was called.
+    health.set_mappings_loaded(true);
+    // First, so that probes are answered while destinations are being opened.
+    let server = match &plan.metrics {
+        Some(m) => Some(
+            telemetry::start_server(m.listen, m.path.clone(), health.clone())
+                .await
+                .map_err(PipelineError::Metrics)?,
+        ),
+        None => None,
+    };
+    struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            if let Some(t) = &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let _server = AbortOnDrop(server);
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let h = health.clone();
     let signal = tokio::spawn(async move {
         shutdown.await;
+        h.set_stopping();
         let _ = stop_tx.send(true);
     });
     let settings = plan.lanes.clone();
-    let events = Destination::open(&plan.output, "output", &settings, &mut stop_rx).await?;
-    let dead_letters =
-        Destination::open(&plan.dead_letter, "dead-letter", &settings, &mut stop_rx).await?;
+    let events = Destination::open(
+        &plan.output,
+        DestinationKind::Output,
+        &settings,
+        &mut stop_rx,
+    )
+    .await?;
+    let dead_letters = Destination::open(
+        &plan.dead_letter,
+        DestinationKind::DeadLetter,
+        &settings,
+        &mut stop_rx,
+    )
+    .await?;
     let shared = Arc::new(Shared {
         events,
         dead_letters,
@@ -979,6 +1111,7 @@ pub async fn run(
         stats: Stats::default(),
         redactor: plan.redactor.clone(),
         keep_raw_dead_letters: plan.keep_raw_dead_letters,
+        health: health.clone(),
     });
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let lanes = Arc::new(Lanes {
@@ -1009,12 +1142,13 @@ pub async fn run(
         )))
     });
     signal.abort();
+    health.set_stopping();
     lanes.stop_all().await;
     drop(lanes);
     let s = shared.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        s.events.close();
-        s.dead_letters.close();
+        s.events.close(DestinationKind::Output);
+        s.dead_letters.close(DestinationKind::DeadLetter);
     })
     .await;
     result.map(|()| shared.stats.summary(start.elapsed()))

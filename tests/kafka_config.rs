@@ -10,7 +10,7 @@ fn checked_in_config_schema_matches_the_code() {
     let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         on_disk == auditnorm::config::json_schema(),
-        "schemas/config.schema.json is out of date: run `cargo run -- schema --dir schemas`"
+        "schemas/config.schema.json is out of date: run `cargo run -- schema`"
     );
 }
 

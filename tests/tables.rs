@@ -85,14 +85,74 @@ fn builtin_tables_compile() {
     assert!(m.plan(SourceKind::CloudTrail).is_some());
 }
 
+/// Every schema `auditnorm schema` writes is checked in as written, and nothing else is in
+/// schemas/ (a schema the code no longer publishes is stale).
 #[test]
-fn dead_letter_schema_matches_the_code() {
-    let checked_in = std::fs::read_to_string("schemas/dead-letter.schema.json").unwrap();
-    assert_eq!(
-        checked_in,
-        auditnorm::dlq::json_schema(),
-        "schemas/dead-letter.schema.json drifted; run `cargo run -- schema`"
+fn checked_in_schemas_match_the_code() {
+    let published = auditnorm::published_schemas();
+    let mut drifted = Vec::new();
+    for (path, text) in &published {
+        let on_disk = std::fs::read_to_string(format!("schemas/{path}")).unwrap_or_default();
+        if on_disk != *text {
+            drifted.push(path.clone());
+        }
+    }
+    assert!(
+        drifted.is_empty(),
+        "schemas drifted from the code: {drifted:?}; run `cargo run -- schema`"
     );
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                let rel = p.strip_prefix("schemas").unwrap();
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let mut on_disk = Vec::new();
+    walk(std::path::Path::new("schemas"), &mut on_disk);
+    let stale: Vec<&String> = on_disk
+        .iter()
+        .filter(|f| !published.iter().any(|(p, _)| p == *f))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "schemas/ holds files the code does not publish: {stale:?}"
+    );
+    for name in [
+        "dead-letter.schema.json",
+        "mapping-table.schema.json",
+        "config.schema.json",
+    ] {
+        assert!(published.iter().any(|(p, _)| p == name), "{name}");
+    }
+}
+
+/// The mapping-table schema accepts every shipped table (TOML read as JSON) and refuses a typo.
+#[test]
+fn mapping_table_schema_accepts_the_shipped_tables() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&auditnorm::mapping::table::json_schema()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let mut n = 0;
+    for e in std::fs::read_dir("mappings").unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let t: toml::Value = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let v = serde_json::to_value(&t).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", p.display());
+        n += 1;
+        let mut bad = v.clone();
+        bad["clases"] = serde_json::json!([]);
+        assert!(!validator.is_valid(&bad), "{}: a typo passed", p.display());
+    }
+    assert!(n >= 4, "{n} tables");
 }
 
 #[test]

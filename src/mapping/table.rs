@@ -3,15 +3,30 @@
 //! Everything here is shape only; `plan.rs` checks meaning (paths exist in OCSF, lookups exist,
 //! a condition has exactly one test) and reports the line of what is wrong.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
 
-#[derive(Debug, Deserialize)]
+/// The JSON Schema of a mapping table (`schemas/mapping-table.schema.json`), for editors: TOML
+/// read as JSON. Shape only; `auditnorm validate` checks meaning.
+pub fn json_schema() -> String {
+    let schema = schemars::gen::SchemaSettings::draft07()
+        .with(|s| s.option_add_null_type = false)
+        .into_generator()
+        .into_root_schema_for::<Table>();
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// An auditnorm mapping table (`mappings/<source>.toml`).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "auditnorm mapping table")]
 pub struct Table {
     /// Which source this table maps; must match the file's source kind.
+    #[schemars(with = "String")]
     pub source: Spanned<String>,
+    #[schemars(with = "String")]
     pub ocsf_version: Spanned<String>,
     /// OCSF profiles every event of this table declares in `metadata.profiles`.
     pub profiles: Vec<String>,
@@ -31,7 +46,7 @@ pub struct Table {
     pub fields: Vec<Field>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Require {
     pub when: Cond,
@@ -39,22 +54,25 @@ pub struct Require {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Lookup {
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub values: BTreeMap<String, toml::Value>,
     /// Compare keys ignoring ASCII case.
     #[serde(default)]
     pub ignore_case: bool,
     /// Used when the source value is present but not in `values`; without it the field is
     /// left unset and the source value stays in `unmapped`.
+    #[schemars(with = "Option<serde_json::Value>")]
     pub default: Option<toml::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassRule {
     /// OCSF class name, e.g. `api_activity`.
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     pub when: Option<Cond>,
     /// Activity rules, first match wins.
@@ -64,15 +82,16 @@ pub struct ClassRule {
     pub fields: Vec<Field>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityRule {
+    #[schemars(with = "i64")]
     pub id: Spanned<i64>,
     pub when: Option<Cond>,
 }
 
 /// A condition on the record. Exactly one of the tests is given, on `field` unless combining.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cond {
     pub field: Option<String>,
@@ -95,7 +114,7 @@ pub struct Cond {
     pub not: Option<Box<Cond>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -111,7 +130,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum LookupRef {
     Named(String),
@@ -120,15 +139,17 @@ pub enum LookupRef {
 
 /// One OCSF attribute and where its value comes from. Exactly one source: `from`, `value`,
 /// `template`, `join` or `each`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Field {
     /// OCSF attribute path, e.g. `actor.user.uid`.
+    #[schemars(with = "String")]
     pub to: Spanned<String>,
     /// Source path(s); the first present, non-null one is used. `@carrier.x` reads the
     /// envelope the record came in.
     pub from: Option<OneOrMany>,
     /// A constant.
+    #[schemars(with = "Option<serde_json::Value>")]
     pub value: Option<toml::Value>,
     /// A string with `{source.path}` placeholders (absent ones render empty). Derived values
     /// do not consume their sources.
@@ -145,6 +166,7 @@ pub struct Field {
     pub extract: Option<String>,
     pub lookup: Option<LookupRef>,
     /// Used when no source is present.
+    #[schemars(with = "Option<serde_json::Value>")]
     pub default: Option<toml::Value>,
     /// Where the value goes when `transform` rejects it (e.g. `ip` -> `src_endpoint.domain`).
     pub otherwise: Option<String>,

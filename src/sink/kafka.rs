@@ -39,7 +39,7 @@ pub mod headers {
     pub const VERSION: &str = "auditnorm-version";
 }
 
-/// Logs librdkafka's errors and warnings on stderr, naming the client.
+/// Logs librdkafka's errors and warnings, naming the client.
 pub struct ClientLog {
     pub client: &'static str,
 }
@@ -59,31 +59,40 @@ impl ClientContext for ClientLog {
 pub fn log_line(client: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {}
-        RDKafkaLogLevel::Debug => eprintln!("debug: kafka {client} [{fac}]: {message}"),
-        _ => warn_once(format!("warning: kafka {client} [{fac}]: {message}")),
+        RDKafkaLogLevel::Debug => crate::telemetry::kafka_client_log(client, level, fac, message),
+        _ => {
+            if once(client, format!("[{fac}] {message}")) {
+                crate::telemetry::kafka_client_log(client, level, fac, message);
+            }
+        }
     }
 }
 
 pub fn error_line(client: &str, error: &KafkaError, reason: &str) {
-    warn_once(format!("warning: kafka {client}: {error}: {reason}"));
+    let text = format!("{error}: {reason}");
+    if once(client, text.clone()) {
+        crate::telemetry::kafka_client_error(client, &text, 0);
+    }
 }
 
-/// Prints a warning unless it repeats the previous one within 10 s (librdkafka reports a down
-/// broker many times a second); says how many repeats were held back.
-fn warn_once(line: String) {
-    static LAST: Mutex<Option<(String, Instant, u64)>> = Mutex::new(None);
+/// Whether a line should be written: not when it repeats the previous one within 10 s
+/// (librdkafka reports a down broker many times a second). How many repeats were held back is
+/// said once, when a different line comes.
+fn once(client: &str, line: String) -> bool {
+    type Last = Option<(String, String, Instant, u64)>;
+    static LAST: Mutex<Last> = Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((prev, at, repeats)) = last.as_mut() {
-        if *prev == line && at.elapsed() < Duration::from_secs(10) {
+    if let Some((prev_client, prev, at, repeats)) = last.as_mut() {
+        if *prev_client == client && *prev == line && at.elapsed() < Duration::from_secs(10) {
             *repeats += 1;
-            return;
+            return false;
         }
         if *repeats > 0 {
-            eprintln!("{prev} (repeated {repeats} more times)");
+            crate::telemetry::kafka_client_error(prev_client, prev, *repeats);
         }
     }
-    eprintln!("{line}");
-    *last = Some((line, Instant::now(), 0));
+    *last = Some((client.to_string(), line, Instant::now(), 0));
+    true
 }
 
 /// Where the records of one lane go on a topic: one partition, so that the lane's order holds,

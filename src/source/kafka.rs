@@ -9,13 +9,17 @@
 //! - Offsets: `enable.auto.offset.store=false`; a lane stores the offset of its commit point
 //!   ([`KafkaCheckpoint`]); librdkafka commits stored offsets every `commit_interval`, and
 //!   [`drive`] commits once more when it stops.
-//! - The main consumer queue carries only events (rebalances, errors); it is polled at least
-//!   twice a second so that a rebalance is served even when every lane is busy.
+//! - The main consumer queue carries only events (rebalances, errors, statistics); it is polled
+//!   at least twice a second so that a rebalance is served even when every lane is busy.
+//! - Telemetry: librdkafka's statistics (`statistics.interval.ms`, 5 s unless set) give each
+//!   lane's consumer lag ([`telemetry::lane_lag`]) and the broker connection state; with the
+//!   "all brokers down" error they drive [`crate::telemetry::Health::set_connected`] (/readyz).
 
 use crate::config::KafkaInputPlan;
 use crate::pipeline::{Checkpointer, LaneError, LaneSource, LaneSpec, Lanes, PipelineError, Unit};
 use crate::record::{Position, SourceKind};
 use crate::sink::kafka::{error_line, log_line};
+use crate::telemetry;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -48,7 +52,27 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.lanes.health().set_connected(false);
+        }
         error_line("consumer", &error, reason);
+    }
+
+    /// Every `statistics.interval.ms`: connected when a broker is up; lag of running lanes.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        self.lanes.health().set_connected(up);
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                let lane = lane_name(topic, *partition);
+                if self.lanes.health().has_lane(&lane) {
+                    telemetry::lane_lag(&lane, p.consumer_lag);
+                }
+            }
+        }
     }
 }
 
@@ -61,6 +85,8 @@ impl ConsumerContext for KafkaContext {
                 // keeps a queue forwarding made by the application (RD_KAFKA_Q_F_FWD_APP)
                 // when the partition's fetcher starts, so every message of the partition goes
                 // to its lane and none to the main queue.
+                // An assignment came from the group coordinator: connected.
+                self.lanes.health().set_connected(true);
                 for e in tpl.elements() {
                     self.start_lane(base, e.topic(), e.partition());
                 }
@@ -76,14 +102,14 @@ impl ConsumerContext for KafkaContext {
                 // ... and commit before the partitions go to another member.
                 commit(base);
             }
-            Rebalance::Error(e) => eprintln!("warning: kafka consumer: rebalance failed: {e}"),
+            Rebalance::Error(e) => telemetry::kafka_rebalance_failed(&e.to_string()),
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => eprintln!("warning: kafka consumer: commit failed: {e}"),
+            Err(e) => telemetry::kafka_commit_failed(&e.to_string()),
         }
     }
 }
@@ -95,7 +121,7 @@ fn lane_name(topic: &str, partition: i32) -> Arc<str> {
 fn commit<C: ConsumerContext, K: Consumer<C>>(consumer: &K) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => eprintln!("warning: kafka consumer: commit failed: {e}"),
+        Err(e) => telemetry::kafka_commit_failed(&e.to_string()),
     }
 }
 
@@ -156,9 +182,7 @@ impl KafkaContext {
                 Some(n)
             }
             Err(e) => {
-                eprintln!(
-                    "warning: kafka consumer: cannot read the partition count of {topic} ({e}); its lanes are placed by hash"
-                );
+                telemetry::kafka_partition_count_unknown(topic, &e.to_string());
                 None
             }
         }
@@ -189,7 +213,7 @@ impl LaneSource for KafkaLane {
                         })
                     }
                     // Fetch errors are reported here and retried by librdkafka itself.
-                    Err(e) => eprintln!("warning: lane {}: {e}", self.lane),
+                    Err(e) => telemetry::kafka_fetch_error(&self.lane, &e.to_string()),
                 }
             }
         }
@@ -266,7 +290,7 @@ pub async fn drive(
                     if let Some((code, reason)) = consumer.client().fatal_error() {
                         break Err(PipelineError::Input(format!("fatal consumer error: {code}: {reason}")));
                     }
-                    eprintln!("warning: kafka consumer: {e}");
+                    telemetry::kafka_consumer_error(&e.to_string());
                 }
             },
             // Serve the main queue (rebalances) even when nothing arrives on it.

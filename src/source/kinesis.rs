@@ -27,6 +27,7 @@ use crate::kinesis::aws;
 use crate::kinesis::lease::{self, Checkpoint, DynamoLeases, FileLeases, Lease, LeaseStore};
 use crate::pipeline::{Checkpointer, LaneError, LaneSource, LaneSpec, Lanes, PipelineError, Unit};
 use crate::record::Position;
+use crate::telemetry;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
@@ -281,7 +282,7 @@ impl Reader {
                         {
                             checked = Instant::now();
                             if self.closed().await {
-                                tracing_line(
+                                telemetry::kinesis_notice(
                                     &self.lane,
                                     "the shard is closed; reading its end by polling",
                                 );
@@ -292,7 +293,10 @@ impl Reader {
                     // The subscription's five minutes are over.
                     Ok(None) => break,
                     Ok(Some(other)) => {
-                        tracing_line(&self.lane, &format!("ignored an unknown event: {other:?}"));
+                        telemetry::kinesis_notice(
+                            &self.lane,
+                            &format!("ignored an unknown event stream message: {other:?}"),
+                        );
                     }
                     Err(e) => {
                         let why = format!("{e}");
@@ -408,24 +412,16 @@ impl Reader {
 
     async fn wait(&self, backoff: &mut Backoff, code: Option<&str>, op: &str, why: &str) {
         let d = backoff.next();
-        if is_throttle(code) {
-            tracing_line(
-                &self.lane,
-                &format!("{op} throttled ({why}); retrying in {d:?}"),
-            );
-        } else {
-            eprintln!(
-                "warning: lane {}: {op} failed: {why}; retrying in {d:?} from after {}",
-                self.lane,
-                self.after.as_deref().unwrap_or("the lease's checkpoint")
-            );
-        }
+        telemetry::kinesis_read_retry(
+            &self.lane,
+            op,
+            is_throttle(code),
+            d,
+            self.after.as_deref().unwrap_or("the lease's checkpoint"),
+            why,
+        );
         tokio::time::sleep(d).await;
     }
-}
-
-fn tracing_line(lane: &str, msg: &str) {
-    eprintln!("notice: lane {lane}: {msg}");
 }
 
 /// How long an enhanced fan-out subscription may bring nothing before the reader checks
@@ -519,7 +515,7 @@ impl Driver {
         Ok(created)
     }
 
-    fn start_lane(&mut self, lease: Lease) {
+    fn start_lane(&mut self, lease: Lease, stolen_from: Option<&str>) {
         let name: Arc<str> = Arc::from(format!("{}/{}", self.stream, lease.shard));
         let progress: Progress = Arc::default();
         let after = match &lease.checkpoint {
@@ -552,14 +548,11 @@ impl Driver {
             source: self.plan.source,
             ordinal: None,
         };
-        eprintln!(
-            "notice: lane {name}: took the lease (counter {}), reading {}",
-            lease.counter,
-            match &lease.checkpoint {
-                Checkpoint::After(s) => format!("after {s}"),
-                _ => format!("from {}", self.plan.start),
-            }
-        );
+        let from = match &lease.checkpoint {
+            Checkpoint::After(s) => format!("after {s}"),
+            _ => format!("from {}", self.plan.start),
+        };
+        telemetry::kinesis_lease_taken(&name, lease.counter, &from, stolen_from);
         self.lanes.start(
             spec,
             source,
@@ -582,7 +575,7 @@ impl Driver {
     /// Stops a lane whose lease is gone (taken over): no checkpoint is written.
     async fn drop_lane(&mut self, shard: &str, why: &str) {
         if let Some(h) = self.held.remove(shard) {
-            eprintln!("warning: lane {}: {why}; stopping it", h.name);
+            telemetry::kinesis_lease_lost(&h.name, why);
             self.lanes.stop(&[h.name]).await;
         }
     }
@@ -616,6 +609,9 @@ impl Driver {
             };
             let (ended, read, acked) = {
                 let p = lock(&h.progress);
+                if let Some(ms) = p.behind_ms {
+                    telemetry::lane_behind(&h.name, ms);
+                }
                 (p.ended, p.read.clone(), p.acked.clone())
             };
             let done = ended && read == acked;
@@ -645,7 +641,7 @@ impl Driver {
                     }
                     if done {
                         let h = self.held.remove(&shard).expect("held");
-                        eprintln!("notice: lane {}: shard read to its end", h.name);
+                        telemetry::kinesis_shard_ended(&h.name);
                         self.lanes.stop(&[h.name]).await;
                         ended_any = true;
                     }
@@ -687,14 +683,8 @@ impl Driver {
             let stolen = l.owner.as_deref().is_some_and(|o| o != me);
             // None: another replica was faster.
             if let Some(taken) = self.store.take(&l, &me).await.map_err(|e| e.to_string())? {
-                if stolen {
-                    eprintln!(
-                        "notice: shard {}: lease taken from {} to balance the load",
-                        l.shard,
-                        l.owner.as_deref().unwrap_or("?")
-                    );
-                }
-                self.start_lane(taken)
+                let from = l.owner.clone().filter(|_| stolen);
+                self.start_lane(taken, from.as_deref())
             }
         }
         Ok(())
@@ -721,23 +711,20 @@ impl Driver {
                 match self.store.checkpoint(&lease, cp).await {
                     Ok(Some(l)) => lease = l,
                     Ok(None) => {
-                        eprintln!(
-                            "warning: lane {}: its lease was taken meanwhile; the new owner reads again from the last checkpoint",
-                            h.name
+                        telemetry::kinesis_lease_lost(
+                            &h.name,
+                            "taken before the last checkpoint was written",
                         );
                         continue;
                     }
                     Err(e) => {
-                        eprintln!(
-                            "error: lane {}: cannot write the last checkpoint: {e}",
-                            h.name
-                        );
+                        telemetry::kinesis_lease_error("last checkpoint", &e.to_string());
                         continue;
                     }
                 }
             }
             if let Err(e) = self.store.release(&lease).await {
-                eprintln!("warning: lane {}: cannot release the lease: {e}", h.name);
+                telemetry::kinesis_lease_error("release", &e.to_string());
             }
         }
     }
@@ -825,12 +812,15 @@ pub async fn drive(
         None => None,
     };
     store.prepare().await.map_err(input_err)?;
-    eprintln!(
-        "notice: Kinesis stream {}: worker {} sharing shards through {}",
-        plan.stream,
-        plan.worker_id,
-        store.name()
-    );
+    let mode = if consumer.is_some() {
+        "enhanced fan-out"
+    } else {
+        "polling"
+    };
+    telemetry::kinesis_started(&plan.stream, &plan.worker_id, &store.name(), mode);
+    // Replicas beyond the shard count hold nothing and wait to take over: still ready.
+    lanes.health().set_idle_ok(true);
+    lanes.health().set_connected(true);
     let mut d = Driver {
         stream: Arc::from(plan.stream.as_str()),
         plan,
@@ -857,14 +847,19 @@ pub async fn drive(
             Some(e) = lane_failures.recv() => break Err(PipelineError::Lane(e)),
             _ = sync.tick() => {
                 if let Err(e) = d.sync_shards().await {
-                    eprintln!("warning: {e}; trying again in {:?}", d.plan.shard_sync_interval);
+                    telemetry::kinesis_lease_error("shard listing", &e);
                 }
             }
             _ = tick.tick() => match d.round().await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    d.lanes.health().set_connected(true);
+                    telemetry::kinesis_leases_held(d.held.len());
+                }
                 Err(e) => {
                     failures += 1;
-                    eprintln!("warning: lease round failed ({failures} in a row): {e}");
+                    d.lanes.health().set_connected(false);
+                    telemetry::kinesis_lease_error("lease round", &e);
                     // Past the lease duration our leases are someone else's: stop reading.
                     if every * failures >= d.plan.lease_duration {
                         let shards: Vec<String> = d.held.keys().cloned().collect();

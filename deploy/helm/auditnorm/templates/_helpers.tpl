@@ -251,7 +251,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- /* metrics, /healthz, /readyz */ -}}
-{{- $_ := set $cfg "metrics" (dict "listen" (printf "%s:%d" $v.metrics.listenAddress (int $v.metrics.port))) -}}
+{{- $_ := set $cfg "metrics" (dict "listen" (printf "%s:%d" $v.metrics.listenAddress (int $v.metrics.port)) "path" $v.metrics.path "stall_timeout" $v.metrics.stallTimeout) -}}
 
 {{- toJson $cfg -}}
 {{- end -}}
