@@ -719,3 +719,91 @@ fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[test]
+fn kpl_aggregates_and_cloudwatch_logs_payloads_arrive_as_events_with_a_file_checkpoint() {
+    let Some((kinesis, _dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let stream = kc::unique("payloads");
+    let t = templates();
+    let fixture = |name: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/kinesis")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    // In shard order: a plain record, a KPL aggregate of three, a CloudWatch Logs control
+    // message (skipped), a CloudWatch Logs payload of CloudTrail events, a plain record.
+    let subs: Vec<Vec<u8>> = (1..4).map(|i| record(&t, i, &id("k", "s0", i))).collect();
+    let sub_refs: Vec<(&str, &[u8])> = subs.iter().map(|d| ("pk", d.as_slice())).collect();
+    let aggregate = auditnorm::kinesis::kpl::aggregate(&sub_refs);
+    let cw = fixture("cloudwatch-cloudtrail.json");
+    let cw_events: usize = serde_json::from_slice::<serde_json::Value>(&cw).unwrap()["logEvents"]
+        .as_array()
+        .unwrap()
+        .len();
+    let units: Vec<Vec<u8>> = vec![
+        record(&t, 0, &id("k", "s0", 0)),
+        aggregate,
+        gzip(&fixture("cloudwatch-control.json")),
+        gzip(&cw),
+        record(&t, 4, &id("k", "s0", 4)),
+    ];
+    let shard = rt.block_on(async {
+        kc::create_stream(&client, &stream, 1).await;
+        let shard = kc::list_shards(&client, &stream).await[0]
+            .shard_id()
+            .to_string();
+        let refs: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
+        kc::put_to_shard(&client, &stream, &shard, &refs).await;
+        shard
+    });
+    let dir = scratch("kinesis-payloads");
+    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
+    let checkpoints = dir.join("checkpoints.json");
+    let text = yaml(&kinesis, "unused", &stream, "unused", &out, &dead, "").replace(
+        "      dynamodb: {table: unused, endpoint: \"unused\"}",
+        &format!("      file: {}", checkpoints.display()),
+    );
+    let want = 5 + cw_events;
+    let run = Running::start(&text);
+    let done = wait_until(Duration::from_secs(30), || lines(&out) >= want);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = run.stop().expect("clean stop");
+    assert!(done, "{} of {want} events; {summary}", lines(&out));
+    assert_eq!(summary.skipped, 1, "the control message: {summary}");
+    assert_eq!(lines(&dead), 0);
+    let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
+    assert_eq!(uids.len(), want);
+    // The plain and KPL records, in order, around the CloudWatch Logs events.
+    let ours: Vec<&String> = uids.iter().filter(|u| u.starts_with("k-s0-")).collect();
+    assert_eq!(
+        ours,
+        (0..5)
+            .map(|i| id("k", "s0", i))
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(uids.last(), Some(&id("k", "s0", 4)));
+    // The file store holds the last record's sequence number.
+    let saved = std::fs::read_to_string(&checkpoints).expect("checkpoint file");
+    let doc: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let lease = &doc["leases"][0];
+    assert_eq!(lease["shard"], shard.as_str(), "{saved}");
+    assert!(lease["checkpoint"]["after"].is_string(), "{saved}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
