@@ -399,6 +399,31 @@ fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `GET path` over a real TCP connection: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
 struct Proc {
     child: std::process::Child,
     out: PathBuf,
@@ -472,7 +497,12 @@ fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
         "replica a reads: see {}",
         dir.join("a.log").display()
     );
-    let mut b = spawn(&dir, "b", &conf("b"));
+    let port = free_port();
+    let mut b = spawn(
+        &dir,
+        "b",
+        &format!("{}\nmetrics:\n  listen: \"127.0.0.1:{port}\"\n", conf("b")),
+    );
     // The two replicas balance: two leases each.
     let balanced = wait_until(Duration::from_secs(40), || {
         let ls = rt.block_on(leases(&dynamo, &table));
@@ -503,6 +533,24 @@ fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
     };
     let complete = wait_until(Duration::from_secs(60), || all(&a, &b).is_superset(&want));
     let ls = rt.block_on(leases(&dynamo, &table));
+    // b's metrics after the takeover (a scrape from a real run; kept in the test's log).
+    let scrape = wait_until(Duration::from_secs(10), || {
+        get(port, "/metrics").is_some_and(|(_, m)| m.contains("auditnorm_kinesis_leases_held 4"))
+    });
+    let metrics = get(port, "/metrics").map(|(_, m)| m).unwrap_or_default();
+    eprintln!("{metrics}");
+    assert!(scrape, "b holds the 4 leases in its metrics:\n{metrics}");
+    for want in [
+        "auditnorm_ready 1",
+        "auditnorm_input_connected 1",
+        "auditnorm_kinesis_leases_taken_total{reason=\"expired\"}",
+        "auditnorm_lane_behind_seconds{lane=",
+        "auditnorm_events_emitted_total{source=\"cloudtrail\"",
+    ] {
+        assert!(metrics.contains(want), "missing {want} in:\n{metrics}");
+    }
+    assert_eq!(get(port, "/readyz").map(|(s, _)| s), Some(200));
+    assert_eq!(get(port, "/healthz").map(|(s, _)| s), Some(200));
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(b.child.id().to_string())

@@ -680,7 +680,11 @@ impl Driver {
             if self.held.contains_key(&l.shard) {
                 continue;
             }
-            let stolen = l.owner.as_deref().is_some_and(|o| o != me);
+            // Taken from a live owner (balance), not from one that stopped renewing.
+            let stolen = l.owner.as_deref().is_some_and(|o| o != me)
+                && !self
+                    .observed
+                    .expired(&l, Instant::now(), self.plan.lease_duration);
             // None: another replica was faster.
             if let Some(taken) = self.store.take(&l, &me).await.map_err(|e| e.to_string())? {
                 let from = l.owner.clone().filter(|_| stolen);
