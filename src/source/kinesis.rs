@@ -573,10 +573,13 @@ impl Driver {
     }
 
     /// Stops a lane whose lease is gone (taken over): no checkpoint is written.
-    async fn drop_lane(&mut self, shard: &str, why: &str) {
+    /// The lane drains in the background: waiting here (up to the drain timeout) would hold
+    /// up the renewal of every other lease this replica has.
+    fn drop_lane(&mut self, shard: &str, why: &str) {
         if let Some(h) = self.held.remove(shard) {
             telemetry::kinesis_lease_lost(&h.name, why);
-            self.lanes.stop(&[h.name]).await;
+            let lanes = self.lanes.clone();
+            tokio::spawn(async move { lanes.stop(&[h.name]).await });
         }
     }
 
@@ -597,8 +600,7 @@ impl Driver {
             .map(|(s, _)| s.clone())
             .collect();
         for s in lost {
-            self.drop_lane(&s, "its lease was taken by another replica")
-                .await;
+            self.drop_lane(&s, "its lease was taken by another replica");
         }
         let renew_every = self.plan.lease_duration / 3;
         let mut ended_any = false;
@@ -646,10 +648,7 @@ impl Driver {
                         ended_any = true;
                     }
                 }
-                None => {
-                    self.drop_lane(&shard, "its lease was taken by another replica")
-                        .await
-                }
+                None => self.drop_lane(&shard, "its lease was taken by another replica"),
             }
         }
         let leases = if ended_any {
@@ -868,7 +867,7 @@ pub async fn drive(
                     if every * failures >= d.plan.lease_duration {
                         let shards: Vec<String> = d.held.keys().cloned().collect();
                         for s in shards {
-                            d.drop_lane(&s, "its lease could not be renewed").await;
+                            d.drop_lane(&s, "its lease could not be renewed");
                         }
                     }
                 }
