@@ -4,12 +4,14 @@
 #   1. a Python venv in target/chart-venv with helm-python-sdk (Helm v4 as a library) and
 #      kubernetes-validate, both from PyPI (pinned below);
 #   2. for the default values, deploy/helm/values-kafka.yaml, deploy/helm/values-kinesis.yaml and
-#      a few variants: the values schema, `helm lint --strict`, `helm template`, every rendered
+#      variants (Kafka and Kinesis inputs, outputs and dead letters; enhanced fan-out, at_timestamp,
+#      file checkpoints on a StatefulSet, ...): the values schema, `helm lint --strict`, `helm template`, every rendered
 #      manifest validated (strict: unknown fields are errors) against Kubernetes 1.31 and the newest
 #      version kubernetes-validate knows, and the chart's own promises (probes on the metrics port,
 #      hardened securityContext, grace period = drain timeout + margin, secrets only as ${VAR});
-#   3. the auditnorm config rendered into the ConfigMap checked by `auditnorm validate --config`
-#      (mapping-table overrides included), and redaction rule overrides by `auditnorm replay`;
+#   3. the auditnorm config rendered into the ConfigMap accepted by `auditnorm validate --config`
+#      (every scenario, mapping-table overrides included), and redaction rule overrides by
+#      `auditnorm replay`;
 #   4. values that must be refused (typos, inline secrets, a weakened securityContext, ...).
 #
 # Usage: scripts/chart-check.sh
@@ -76,29 +78,15 @@ KUBE_VERSIONS = [
     kv_utils.latest_version() if v == "latest" else v
     for v in os.environ.get("CHART_CHECK_KUBE_VERSIONS", "1.31 latest").split()
 ]
-# Config keys the chart writes that auditnorm's `run` config may not have yet. While the binary's
-# config schema lacks one, it is taken out before `auditnorm validate`, with a note. (`metrics`
-# and `redaction` are in the config now: the binary must accept them.)
-PENDING_KEYS = ()
-# The only way `auditnorm validate` may refuse a Kinesis config: Kinesis input not there yet.
-KINESIS_UNSUPPORTED = re.compile(
-    r"'kinesis' was unexpected|unknown variant `kinesis`|kinesis.*not (yet )?supported"
-    r"|not (yet )?supported.*kinesis", re.I)
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 SECRET_NAME = re.compile(r"password|secret|^ssl\.key\.pem$")
 
 problems = []
-notes = []
 
 
 def problem(scenario, msg):
     problems.append(f"{scenario}: {msg}")
     print(f"  FAIL {msg}")
-
-
-def note(scenario, msg):
-    notes.append((scenario, msg))
-    print(f"  NOTE {msg}")
 
 
 def ok(msg):
@@ -134,25 +122,67 @@ regex = 'vnd_[A-Za-z0-9]{32,}'
 KAFKA = load_values("deploy/helm/values-kafka.yaml")
 KINESIS = load_values("deploy/helm/values-kinesis.yaml")
 
-# name, values, whether `auditnorm validate` must accept the config (else: Kinesis rules apply)
+# name, values; `auditnorm validate` must accept every one's config
+KINESIS_TO_KAFKA = merge(KINESIS, {  # Kinesis in, MSK out (SASL password from a Secret)
+    "kafka": {"brokers": KAFKA["kafka"]["brokers"], "options": KAFKA["kafka"]["options"],
+              "secretOptions": KAFKA["kafka"]["secretOptions"]},
+    "output": {"type": "kafka", "kafka": {"topic": "ocsf-events"}},
+    "deadLetter": {"type": "kafka", "kafka": {"topic": "auditnorm-dead-letters"}},
+})
 SCENARIOS = [
-    ("default values", {}, True),
-    ("values-kafka.yaml", KAFKA, True),
-    ("values-kinesis.yaml", KINESIS, False),
+    ("default values", {}),
+    ("values-kafka.yaml", KAFKA),
+    ("values-kinesis.yaml (Kinesis in, Kinesis out, Kinesis dead letters, DynamoDB leases)",
+     KINESIS),
     ("values-kafka.yaml + table and rule overrides, StatefulSet", merge(KAFKA, {
         "workload": {"kind": "StatefulSet"},
         "mappings": {"overrides": {"cloudtrail.toml": CLOUDTRAIL_TABLE}},
         "redaction": {"rules": {"extra.toml": EXTRA_RULES}, "keepRawDeadLetters": True},
         "podDisruptionBudget": {"minAvailable": "50%"},
-    }), True),
+    })),
+    ("values-kinesis.yaml with Kafka output and dead letters", KINESIS_TO_KAFKA),
+    ("values-kafka.yaml with Kinesis output and dead letters (names, regions, endpoint, linger)",
+     merge(KAFKA, {
+         "output": {"type": "kinesis", "kinesis": {
+             "streamName": "ocsf-events", "region": "eu-west-1",
+             "endpoint": "https://kinesis.eu-west-1.amazonaws.com", "linger": "50ms"}},
+         "deadLetter": {"type": "kinesis", "kinesis": {
+             "streamArn": "arn:aws:kinesis:eu-west-1:111122223333:stream/auditnorm-dead-letters",
+             "linger": "5ms"}},
+     })),
+    ("values-kinesis.yaml + enhanced fan-out, stream by name and region, latest", merge(KINESIS, {
+        "input": {"kinesis": {
+            "streamArn": "", "streamName": "org-audit-logs", "region": "us-east-1",
+            "startingPosition": "latest", "source": "cloudtrail", "enhancedFanOut": "auditnorm",
+            "leaseDuration": "20s", "shardSyncInterval": "5m",
+            "checkpoint": {"dynamodb": {"region": "us-west-2"}}}},
+        "replicaCount": 4,
+    })),
+    ("values-kinesis.yaml + at_timestamp, LocalStack endpoints", merge(KINESIS, {
+        "input": {"kinesis": {
+            "endpoint": "http://localstack.test:4566", "startingPosition": "at_timestamp",
+            "startingTimestamp": "2026-11-01T00:00:00Z", "pollInterval": "1s", "pollLimit": 500,
+            "checkpoint": {"dynamodb": {"endpoint": "http://localstack.test:4566"}}}},
+        "output": {"kinesis": {"endpoint": "http://localstack.test:4566"}},
+        "deadLetter": {"type": "file", "file": "-"},
+    })),
     ("values-kinesis.yaml + file checkpoints, StatefulSet", merge(KINESIS, {
         "workload": {"kind": "StatefulSet"},
         "replicaCount": 1,
         "input": {"kinesis": {"checkpoint": {"type": "file"}}},
-        "output": {"type": "file", "file": "-"},
-        "deadLetter": {"type": "file", "file": "-"},
-    }), False),
+    })),
+    ("values-kinesis.yaml + file checkpoints, StatefulSet, own volume path and file name",
+     merge(KINESIS, {
+         "workload": {"kind": "StatefulSet", "persistence": {"mountPath": "/data/auditnorm/",
+                                                             "size": "256Mi"}},
+         "replicaCount": 1,
+         "input": {"kinesis": {"checkpoint": {"type": "file", "file": {"name": "leases.json"}}}},
+         "output": {"type": "file", "file": "-"},
+         "deadLetter": {"type": "file", "file": "-"},
+     })),
 ]
+FILE_LEASES = {"workload": {"kind": "StatefulSet"}, "replicaCount": 1,
+               "input": {"kinesis": {"checkpoint": {"type": "file"}}}}
 
 # name, values, a text the refusal must contain
 MUST_FAIL = [
@@ -174,8 +204,50 @@ MUST_FAIL = [
      "both options and secretOptions"),
     ("file checkpoints in a Deployment",
      merge(KINESIS, {"input": {"kinesis": {"checkpoint": {"type": "file"}}}}), "StatefulSet"),
+    ("file checkpoints shared by two pods",
+     merge(merge(KINESIS, FILE_LEASES), {"replicaCount": 2}), "set replicaCount 1"),
+    ("a checkpoint file name with a directory",
+     merge(merge(KINESIS, FILE_LEASES),
+           {"input": {"kinesis": {"checkpoint": {"file": {"name": "sub/cp.json"}}}}}),
+     "checkpoint/file/name"),
+    ("the old checkpoint.file.dir value",
+     merge(KINESIS, {"input": {"kinesis": {"checkpoint": {"file": {"dir": "/var/lib/auditnorm"}}}}}),
+     "dir"),
     ("a Kinesis stream given twice",
      merge(KINESIS, {"input": {"kinesis": {"streamName": "org-audit-logs"}}}), "not both"),
+    ("a Kinesis input without a stream",
+     merge(KINESIS, {"input": {"kinesis": {"streamArn": ""}}}), "set streamName or streamArn"),
+    ("a region that is not the stream ARN's",
+     merge(KINESIS, {"input": {"kinesis": {"region": "eu-west-1"}}}), "differs from the streamArn"),
+    ("a DynamoDB lease table not named",
+     merge(KINESIS, {"input": {"kinesis": {"checkpoint": {"dynamodb": {"leaseTable": ""}}}}}),
+     "leaseTable"),
+    ("at_timestamp without a timestamp",
+     merge(KINESIS, {"input": {"kinesis": {"startingPosition": "at_timestamp"}}}),
+     "needs input.kinesis.startingTimestamp"),
+    ("a timestamp without at_timestamp",
+     merge(KINESIS, {"input": {"kinesis": {"startingTimestamp": "2026-11-01T00:00:00Z"}}}),
+     "only used with startingPosition at_timestamp"),
+    ("a timestamp that is not RFC 3339",
+     merge(KINESIS, {"input": {"kinesis": {"startingPosition": "at_timestamp",
+                                           "startingTimestamp": "2026-11-01 00:00"}}}),
+     "startingTimestamp"),
+    ("a poll limit above 10000", merge(KINESIS, {"input": {"kinesis": {"pollLimit": 20000}}}),
+     "pollLimit"),
+    ("an enhanced fan-out consumer name with a space",
+     merge(KINESIS, {"input": {"kinesis": {"enhancedFanOut": "audit norm"}}}), "enhancedFanOut"),
+    ("a lease duration under 300ms",
+     merge(KINESIS, {"input": {"kinesis": {"leaseDuration": "100ms"}}}), "at least 300ms"),
+    ("a Kinesis output without a stream",
+     merge(KINESIS, {"output": {"kinesis": {"streamArn": ""}}}), "output.kinesis: set streamName"),
+    ("output to the input stream",
+     merge(KINESIS, {"output": {"kinesis": {
+         "streamArn": "", "streamName": "org-audit-logs", "region": "us-east-1"}}}),
+     "read its own writes"),
+    ("dead letters to the output stream",
+     merge(KINESIS, {"deadLetter": {"kinesis": {
+         "streamArn": "arn:aws:kinesis:us-east-1:111122223333:stream/ocsf-events"}}}),
+     "separate dead-letter stream"),
     ("a Kafka endpoint without brokers", {"kafka": {"brokers": []}}, "no brokers"),
     ("no redaction rules at all", {"redaction": {"builtinRules": False}}, "redaction.builtinRules"),
 ]
@@ -333,8 +405,16 @@ def check_promises(scenario, values, docs, config):
                                              config.get("redaction", {}).get("rules", [])]:
         if dir_ and dir_ not in mounts:
             bad(f"{dir_} (named in the config) is not mounted")
-    if work["kind"] == "StatefulSet" and values["workload"]["persistence"]["mountPath"] not in mounts:
+    data_mount = values["workload"]["persistence"]["mountPath"]
+    if work["kind"] == "StatefulSet" and data_mount not in mounts:
         bad("the StatefulSet does not mount its volume")
+    lease_file = config.get("input", {}).get("kinesis", {}).get("leases", {}).get("file")
+    if lease_file is not None:
+        if work["kind"] != "StatefulSet" or work["spec"]["replicas"] != 1:
+            bad(f"file leases in a {work['kind']} of {work['spec']['replicas']} pod(s)")
+        # auditnorm does not create the file's directory: it must be the volume's root.
+        if os.path.dirname(lease_file) != data_mount.rstrip("/"):
+            bad(f"the lease file {lease_file} is not at the root of the volume at {data_mount}")
 
     if not find(docs, "ServiceAccount") and values["serviceAccount"]["create"]:
         bad("no ServiceAccount")
@@ -347,7 +427,7 @@ def check_promises(scenario, values, docs, config):
         paths = [e.get("path") for e in sm["spec"]["endpoints"]]
         if paths != [metrics_path]:
             bad(f"ServiceMonitor scrapes {paths}, the config serves metrics at {metrics_path!r}")
-    ok("probes, ports, securityContext, grace period, Secret references as promised"
+    ok("probes, ports, securityContext, grace period, volumes, Secret references as promised"
        + (f" ({', '.join(sorted(refs))} from Secrets)" if refs else ""))
 
 
@@ -372,7 +452,7 @@ def container_env(docs):
     return env
 
 
-def check_config(scenario, cm, docs, must_pass):
+def check_config(scenario, cm, docs, data_mount):
     """`auditnorm validate` on the rendered config, in a directory laid out like the pod."""
     config = yaml.safe_load(cm["data"]["auditnorm.yaml"])
     env = container_env(docs)
@@ -380,7 +460,8 @@ def check_config(scenario, cm, docs, must_pass):
         etc = os.path.join(root, "etc/auditnorm")
         for sub in ("config", "redaction"):
             os.makedirs(os.path.join(etc, sub))
-        os.makedirs(os.path.join(root, "var/lib/auditnorm"))
+        data_mount = data_mount.rstrip("/")
+        os.makedirs(root + data_mount, exist_ok=True)
         overrides = {k[len("mappings."):]: v for k, v in cm["data"].items() if k.startswith("mappings.")}
         if overrides:  # the ConfigMap is mounted over the image's /etc/auditnorm/mappings
             os.makedirs(os.path.join(etc, "mappings"))
@@ -399,12 +480,12 @@ def check_config(scenario, cm, docs, must_pass):
                 return {k: rebase(v) for k, v in node.items()}
             if isinstance(node, list):
                 return [rebase(v) for v in node]
-            if isinstance(node, str) and node.startswith(("/etc/auditnorm/", "/var/lib/auditnorm")):
+            if isinstance(node, str) and node.startswith(("/etc/auditnorm/", data_mount + "/")):
                 return root + node
             return node
         local = rebase(config)
 
-        # Redaction: until `run` has the keys, the `replay` flags they mirror check the same things.
+        # Redaction: `auditnorm replay`'s flags mirror the `run` keys: check them that way too.
         red = local.get("redaction")
         if red is not None:
             flags = {"enabled": None, "builtin_rules": None, "rules": None, "hash_key_env": None,
@@ -430,23 +511,15 @@ def check_config(scenario, cm, docs, must_pass):
             else:
                 ok(f"redaction settings accepted by `auditnorm replay` ({', '.join(sorted(red))})")
 
-        for key in PENDING_KEYS:
-            if key in local and key not in CONFIG_KEYS:
-                del local[key]
-                note(scenario, f"auditnorm's config has no `{key}` key yet (src/config.rs): "
-                               f"validated the config without it")
         path = os.path.join(etc, "config", "auditnorm.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(local, f, sort_keys=False)
         r = subprocess.run([BIN, "validate", "--config", path], capture_output=True, text=True, env=env)
         out = r.stderr.replace(root, "")
-        errors = [l for l in out.splitlines() if l.startswith("error:")]
         if r.returncode == 0:
-            ok(f"`auditnorm validate --config` accepted the rendered config"
+            ends = ", ".join(f"{k} {next(iter(config[k]))}" for k in ("input", "output", "dead_letter"))
+            ok(f"`auditnorm validate --config` accepted the rendered config ({ends})"
                + (f" and {len(overrides)} mapping override(s)" if overrides else ""))
-        elif not must_pass and errors and all(KINESIS_UNSUPPORTED.search(l) for l in errors):
-            note(scenario, "auditnorm does not support the Kinesis input yet; `auditnorm validate` "
-                           "refused only that: " + "; ".join(e[len("error: "):] for e in errors))
         else:
             problem(scenario, "`auditnorm validate --config` refused the rendered config:\n"
                     + "\n".join("         " + l for l in out.splitlines()))
@@ -458,7 +531,7 @@ print(f"chart-check: helm-python-sdk {helm.__version__} (Helm SDK {helm.helm_sdk
 print(f"chart-check: auditnorm's config keys: {', '.join(sorted(CONFIG_KEYS))}")
 
 with helm.Chart.load(CHART) as chart:
-    for scenario, values, must_pass in SCENARIOS:
+    for scenario, values in SCENARIOS:
         print(f"chart-check: {scenario}")
         try:
             report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSIONS[0]}.0"
@@ -489,7 +562,7 @@ with helm.Chart.load(CHART) as chart:
             continue
         config = yaml.safe_load(cms[0]["data"]["auditnorm.yaml"])
         check_promises(scenario, merged, docs, config)
-        check_config(scenario, cms[0], docs, must_pass)
+        check_config(scenario, cms[0], docs, merged["workload"]["persistence"]["mountPath"])
 
     print("chart-check: values the chart must refuse")
     for name, values, needle in MUST_FAIL:
@@ -505,13 +578,6 @@ with helm.Chart.load(CHART) as chart:
         problem("must fail", f"{name}: accepted")
 
 print()
-if notes:
-    print("chart-check: notes:")
-    grouped = {}
-    for scenario, msg in notes:
-        grouped.setdefault(msg, []).append(scenario)
-    for msg, where in grouped.items():
-        print(f"  - {msg} [{'; '.join(where)}]")
 if problems:
     print(f"chart-check: FAILED: {len(problems)} problem(s):", file=sys.stderr)
     for p in problems:

@@ -119,6 +119,50 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toJson $out -}}
 {{- end -}}
 
+{{/* A Kinesis stream (input, output or dead letters): `stream` from streamName or streamArn
+     (exactly one), `region` and `endpoint` when set. Args: dict "at" "input.kinesis" "section"
+     {...}; returns JSON. */}}
+{{- define "auditnorm.kinesisStream" -}}
+{{- $s := .section -}}
+{{- $out := dict -}}
+{{- if and $s.streamName $s.streamArn -}}
+{{- fail (printf "%s: set streamName or streamArn, not both" .at) -}}
+{{- else if $s.streamName -}}
+{{- $_ := set $out "stream" $s.streamName -}}
+{{- else if $s.streamArn -}}
+{{- $_ := set $out "stream" $s.streamArn -}}
+{{- $arnRegion := index (splitList ":" $s.streamArn) 3 -}}
+{{- if and $s.region (ne $s.region $arnRegion) -}}
+{{- fail (printf "%s.region %q differs from the streamArn's region %q; leave region empty" .at $s.region $arnRegion) -}}
+{{- end -}}
+{{- else -}}
+{{- fail (printf "%s: set streamName or streamArn" .at) -}}
+{{- end -}}
+{{- if $s.region -}}{{- $_ := set $out "region" $s.region -}}{{- end -}}
+{{- if $s.endpoint -}}{{- $_ := set $out "endpoint" $s.endpoint -}}{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* What identifies a rendered Kinesis stream section: "name|region|endpoint" (the name and
+     region taken from an ARN), to refuse writing to the stream that is read. */}}
+{{- define "auditnorm.kinesisStreamKey" -}}
+{{- $name := .stream -}}
+{{- $region := .region | default "" -}}
+{{- if hasPrefix "arn:" .stream -}}
+{{- $name = regexReplaceAll "^.*:stream/" .stream "" -}}
+{{- $region = .region | default (index (splitList ":" .stream) 3) -}}
+{{- end -}}
+{{- printf "%s|%s|%s" $name $region (.endpoint | default "") -}}
+{{- end -}}
+
+{{/* A duration (a whole number and ms, s, m or h) in milliseconds. */}}
+{{- define "auditnorm.durationMs" -}}
+{{- $n := regexFind "^[0-9]+" . | int64 -}}
+{{- $unit := regexReplaceAll "^[0-9]+" . "" -}}
+{{- $per := get (dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000) $unit | default 0 -}}
+{{- mul $n $per -}}
+{{- end -}}
+
 {{/* The auditnorm config file, as a dict (JSON); see src/config.rs. */}}
 {{- define "auditnorm.configDict" -}}
 {{- $v := .Values -}}
@@ -136,6 +180,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- /* input: exactly one kind */ -}}
+{{- $inputStream := "" -}}
 {{- if eq $v.input.type "kafka" -}}
 {{- $in := $v.input.kafka -}}
 {{- if not $in.topics -}}{{- fail "input.kafka.topics: name at least one topic" -}}{{- end -}}
@@ -145,18 +190,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $cfg "input" (dict "kafka" $k) -}}
 {{- else if eq $v.input.type "kinesis" -}}
 {{- $in := $v.input.kinesis -}}
-{{- $k := dict -}}
-{{- if and $in.streamName $in.streamArn -}}
-{{- fail "input.kinesis: set streamName or streamArn, not both" -}}
-{{- else if $in.streamName -}}
-{{- $_ := set $k "stream" $in.streamName -}}
-{{- else if $in.streamArn -}}
-{{- $_ := set $k "stream_arn" $in.streamArn -}}
-{{- else -}}
-{{- fail "input.kinesis: set streamName or streamArn" -}}
-{{- end -}}
-{{- if $in.region -}}{{- $_ := set $k "region" $in.region -}}{{- end -}}
-{{- if $in.endpoint -}}{{- $_ := set $k "endpoint" $in.endpoint -}}{{- end -}}
+{{- $k := include "auditnorm.kinesisStream" (dict "at" "input.kinesis" "section" $in) | fromJson -}}
+{{- $inputStream = include "auditnorm.kinesisStreamKey" $k -}}
+{{- $_ := set $k "source" $in.source -}}
 {{- $_ := set $k "starting_position" $in.startingPosition -}}
 {{- if eq $in.startingPosition "at_timestamp" -}}
 {{- if not $in.startingTimestamp -}}{{- fail "input.kinesis.startingPosition at_timestamp needs input.kinesis.startingTimestamp (RFC 3339)" -}}{{- end -}}
@@ -164,27 +200,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else if $in.startingTimestamp -}}
 {{- fail "input.kinesis.startingTimestamp is only used with startingPosition at_timestamp" -}}
 {{- end -}}
-{{- $_ := set $k "source" $in.source -}}
+{{- $_ := set $k "poll_interval" $in.pollInterval -}}
+{{- $_ := set $k "poll_limit" (int $in.pollLimit) -}}
+{{- if $in.enhancedFanOut -}}{{- $_ := set $k "enhanced_fan_out" $in.enhancedFanOut -}}{{- end -}}
+{{- range $name := list "leaseDuration" "shardSyncInterval" -}}
+{{- if lt (int64 (include "auditnorm.durationMs" (get $in $name))) 300 -}}
+{{- fail (printf "input.kinesis.%s %q: must be at least 300ms" $name (get $in $name)) -}}
+{{- end -}}
+{{- end -}}
 {{- $cp := $in.checkpoint -}}
 {{- if eq $cp.type "dynamodb" -}}
 {{- if not $cp.dynamodb.leaseTable -}}{{- fail "input.kinesis.checkpoint.dynamodb.leaseTable: name the DynamoDB lease table" -}}{{- end -}}
-{{- $d := dict "lease_table" $cp.dynamodb.leaseTable -}}
+{{- $d := dict "table" $cp.dynamodb.leaseTable -}}
 {{- if $cp.dynamodb.region -}}{{- $_ := set $d "region" $cp.dynamodb.region -}}{{- end -}}
 {{- if $cp.dynamodb.endpoint -}}{{- $_ := set $d "endpoint" $cp.dynamodb.endpoint -}}{{- end -}}
-{{- $_ := set $k "checkpoint" (dict "dynamodb" $d) -}}
+{{- $_ := set $k "leases" (dict "dynamodb" $d) -}}
 {{- else -}}
 {{- if ne $v.workload.kind "StatefulSet" -}}
 {{- fail "input.kinesis.checkpoint.type file keeps checkpoints on a volume: set workload.kind StatefulSet" -}}
 {{- end -}}
 {{- if ne (int $v.replicaCount) 1 -}}
-{{- fail "input.kinesis.checkpoint.type file is local to one pod (no shard leases): set replicaCount 1, or use the dynamodb lease table" -}}
+{{- fail "input.kinesis.checkpoint.type file is local to one pod (no shared shard leases): set replicaCount 1, or use the dynamodb lease table" -}}
 {{- end -}}
-{{- $mount := trimSuffix "/" $v.workload.persistence.mountPath -}}
-{{- if not (or (eq $cp.file.dir $mount) (hasPrefix (printf "%s/" $mount) $cp.file.dir)) -}}
-{{- fail (printf "input.kinesis.checkpoint.file.dir %q must be under workload.persistence.mountPath %q" $cp.file.dir $mount) -}}
+{{- $_ := set $k "leases" (dict "file" (printf "%s/%s" (trimSuffix "/" $v.workload.persistence.mountPath) $cp.file.name)) -}}
 {{- end -}}
-{{- $_ := set $k "checkpoint" (dict "file" $cp.file.dir) -}}
-{{- end -}}
+{{- $_ := set $k "lease_duration" $in.leaseDuration -}}
+{{- $_ := set $k "shard_sync_interval" $in.shardSyncInterval -}}
 {{- $_ := set $cfg "input" (dict "kinesis" $k) -}}
 {{- end -}}
 
@@ -194,6 +235,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $k "topic" $v.output.kafka.topic -}}
 {{- $_ := set $k "partitioning" $v.output.kafka.partitioning -}}
 {{- $_ := set $cfg "output" (dict "kafka" $k) -}}
+{{- else if eq $v.output.type "kinesis" -}}
+{{- $k := include "auditnorm.kinesisStream" (dict "at" "output.kinesis" "section" $v.output.kinesis) | fromJson -}}
+{{- if eq (include "auditnorm.kinesisStreamKey" $k) $inputStream -}}
+{{- fail (printf "output.kinesis: %q is also the input stream: the pipeline would read its own writes" $k.stream) -}}
+{{- end -}}
+{{- $_ := set $k "linger" $v.output.kinesis.linger -}}
+{{- $_ := set $cfg "output" (dict "kinesis" $k) -}}
 {{- else -}}
 {{- $_ := set $cfg "output" (dict "file" $v.output.file) -}}
 {{- end -}}
@@ -203,6 +251,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $k := include "auditnorm.kafkaEndpoint" (dict "root" . "section" $v.deadLetter.kafka "at" "deadLetter.kafka" "prefix" "DEAD_LETTER_KAFKA") | fromJson -}}
 {{- $_ := set $k "topic" $v.deadLetter.kafka.topic -}}
 {{- $_ := set $cfg "dead_letter" (dict "kafka" $k) -}}
+{{- else if eq $v.deadLetter.type "kinesis" -}}
+{{- $k := include "auditnorm.kinesisStream" (dict "at" "deadLetter.kinesis" "section" $v.deadLetter.kinesis) | fromJson -}}
+{{- if eq (include "auditnorm.kinesisStreamKey" $k) $inputStream -}}
+{{- fail (printf "deadLetter.kinesis: %q is also the input stream: the pipeline would read its own writes" $k.stream) -}}
+{{- end -}}
+{{- if and $cfg.output.kinesis (eq (include "auditnorm.kinesisStreamKey" $k) (include "auditnorm.kinesisStreamKey" $cfg.output.kinesis)) -}}
+{{- fail (printf "deadLetter.kinesis: %q is also the output stream: name a separate dead-letter stream" $k.stream) -}}
+{{- end -}}
+{{- $_ := set $k "linger" $v.deadLetter.kinesis.linger -}}
+{{- $_ := set $cfg "dead_letter" (dict "kinesis" $k) -}}
 {{- else -}}
 {{- $_ := set $cfg "dead_letter" (dict "file" $v.deadLetter.file) -}}
 {{- end -}}
