@@ -1466,6 +1466,28 @@ impl ConfigFile {
         };
 
         // Loops and mix-ups between the three ends.
+        if let InputPlan::Kinesis(k) = &input {
+            for (at, dest) in [
+                ("output.kinesis.stream", &output),
+                ("dead_letter.kinesis.stream", &dead_letter),
+            ] {
+                if let DestinationPlan::Kinesis(d) = dest {
+                    let same_place = d.aws.endpoint == k.aws.endpoint
+                        && (d.aws.region == k.aws.region
+                            || d.aws.region.is_none()
+                            || k.aws.region.is_none());
+                    if same_place && d.stream == k.stream {
+                        p.push(
+                            at,
+                            format!(
+                                "`{}` is also the input stream: the pipeline would read its own writes",
+                                d.stream
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         let kafka_input = match &input {
             InputPlan::Kafka(k) => Some(k),
             InputPlan::Kinesis(_) => None,
@@ -1920,5 +1942,19 @@ dead_letter:
         assert_eq!(k.stream, "audit-trail");
         assert!(matches!(plan.output, DestinationPlan::Kinesis(_)));
         assert!(matches!(plan.dead_letter, DestinationPlan::Kinesis(_)));
+    }
+
+    #[test]
+    fn a_kinesis_output_cannot_be_the_input_stream() {
+        let text = KINESIS.replace("  file: events.ndjson", "  kinesis: {stream: audit}");
+        let err = parse(&text)
+            .unwrap()
+            .resolve(Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("output.kinesis.stream: `audit` is also the input stream"),
+            "{err}"
+        );
     }
 }

@@ -667,6 +667,9 @@ impl FileLeases {
             leases: m.values().cloned().collect(),
         };
         let text = serde_json::to_string_pretty(&doc).map_err(|e| self.err(e.to_string()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(e.to_string()))?;
+        }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, path))
@@ -868,7 +871,8 @@ mod tests {
     fn the_file_store_survives_a_restart_without_owners() {
         let dir = std::env::temp_dir().join(format!("auditnorm-lease-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("checkpoints.json");
+        // A directory that does not exist yet is created.
+        let path = dir.join("volume/checkpoints.json");
         let _ = std::fs::remove_file(&path);
         block(async {
             let st = LeaseStore::File(FileLeases::new(Some(path.clone())));
