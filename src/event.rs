@@ -31,23 +31,46 @@ impl CleanCache {
 
 impl Redact<'_> {
     /// The text rules on one string, through the lane's cache of known-clean strings.
+    #[inline]
     pub fn text<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
-        let cache = match self.clean.as_deref_mut() {
-            Some(c) if s.len() >= CleanCache::MIN_LEN => c,
-            _ => return self.redactor.redact_text(s, self.counts),
-        };
-        if cache.set.contains(s) {
-            return Cow::Borrowed(s);
-        }
-        let out = self.redactor.redact_text(s, self.counts);
-        if matches!(out, Cow::Borrowed(_)) {
-            if cache.set.len() >= CleanCache::MAX_ENTRIES {
-                cache.set.clear();
+        if s.len() >= CleanCache::MIN_LEN {
+            if let Some(cache) = self.clean.as_deref_mut() {
+                return text_cached(self.redactor, self.counts, cache, s);
             }
-            cache.set.insert(s.into());
         }
-        out
+        self.redactor.redact_text(s, self.counts)
     }
+
+    /// Writes `s` as a JSON string, redacted by the text rules.
+    #[inline]
+    fn write_text(&mut self, out: &mut Vec<u8>, s: &str) {
+        match self.text(s) {
+            Cow::Borrowed(s) => json::write_str(out, s),
+            Cow::Owned(s) => json::write_str(out, &s),
+        }
+    }
+}
+
+// Out of line: the hash lookup and the insertion would otherwise weigh on every short
+// string's call.
+#[inline(never)]
+fn text_cached<'s>(
+    redactor: &Redactor,
+    counts: &mut RedactionCounts,
+    cache: &mut CleanCache,
+    s: &'s str,
+) -> Cow<'s, str> {
+    if cache.set.contains(s) {
+        return Cow::Borrowed(s);
+    }
+    let out = redactor.redact_text(s, counts);
+    if matches!(out, Cow::Borrowed(_)) {
+        if cache.set.len() >= CleanCache::MAX_ENTRIES {
+            cache.set.clear();
+        }
+        cache.set.insert(s.into());
+    }
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -141,11 +164,11 @@ impl<'t, 'i> Out<'t, 'i> {
             return self.encode(out);
         };
         match self {
-            Out::Str(s) => {
-                let s = r.text(s);
-                json::write_str(out, &s);
-            }
-            Out::Raw(src) => encode_src_redacted(out, *src, None, r),
+            Out::Str(s) => r.write_text(out, s),
+            Out::Raw(src) => match src.as_str() {
+                Some(s) => r.write_text(out, s),
+                None => encode_src_redacted(out, *src, None, r),
+            },
             Out::Obj(members) => {
                 out.push(b'{');
                 for (n, (k, v)) in members.iter().enumerate() {
@@ -250,8 +273,7 @@ pub fn encode_src_redacted(
     r: &mut Redact<'_>,
 ) {
     if let Some(s) = v.as_str() {
-        let s = r.text(s);
-        json::write_str(out, &s);
+        r.write_text(out, s);
     } else if let Some(st) = v.as_static() {
         json::write_static(out, st);
     } else if v.is_array() {
@@ -302,14 +324,16 @@ pub fn encode_src_redacted(
                 encode_src_blanked(out, x, rule, r);
                 continue;
             }
-            match r.redactor.key_rule(k) {
-                Some(rule)
-                    if !(r.redactor.descends_into_containers(rule)
-                        && (x.is_object() || x.is_array())) =>
-                {
-                    encode_src_blanked(out, x, rule, r)
+            if let Some(rule) = r.redactor.key_rule(k) {
+                if !(r.redactor.descends_into_containers(rule) && (x.is_object() || x.is_array())) {
+                    encode_src_blanked(out, x, rule, r);
+                    continue;
                 }
-                _ => encode_src_redacted(out, x, Some(k), r),
+            }
+            // Strings, the common member, without another call.
+            match x.as_str() {
+                Some(s) => r.write_text(out, s),
+                None => encode_src_redacted(out, x, Some(k), r),
             }
         }
         out.push(b'}');

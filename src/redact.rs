@@ -382,6 +382,10 @@ struct Inner {
     pairs: Vec<PairRule>,
     // Normalised member keys without which no object/path/pair rule can fire.
     triggers: Vec<Box<[u8]>>,
+    // Prefilter for `triggers`: indexed by a key's first normalised byte (either
+    // case), the bits `1 << (last normalised byte & 63)` a trigger can end with.
+    trigger_ends: Box<[u64; 256]>,
+    trigger_min_len: usize,
     patterns: Vec<PatternRule>,
     text_filter: BigramFilter,
     text_ac: AhoCorasick,
@@ -901,12 +905,28 @@ fn compile(
         )
         .max(1);
 
+    let mut trigger_ends = Box::new([0u64; 256]);
+    for t in &triggers {
+        if let (Some(&first), Some(&last)) = (t.first(), t.last()) {
+            let bit = 1u64 << (last & 63) | 1u64 << (last.to_ascii_uppercase() & 63);
+            trigger_ends[usize::from(first)] |= bit;
+            trigger_ends[usize::from(first.to_ascii_uppercase())] |= bit;
+        }
+    }
+    let trigger_min_len = triggers.iter().map(|t| t.len()).min().unwrap_or(0);
+    if trigger_min_len == 0 {
+        // A trigger that normalises to nothing: no first or last byte to test.
+        trigger_ends.fill(u64::MAX);
+    }
+
     Ok(Inner {
         rules,
         keys,
         objects,
         pairs,
         triggers,
+        trigger_ends,
+        trigger_min_len,
         patterns: patterns.into_iter().map(|(p, _)| p).collect(),
         text_filter,
         text_ac,
@@ -1104,7 +1124,10 @@ fn byte_weight(c: u8) -> u32 {
 /// pays a dependent load per byte and is several times slower on the short
 /// strings audit events are made of.
 struct BigramFilter {
-    table: Box<[u64; 256]>,
+    // Per byte: [bits of the bigrams it starts, bits of those it ends]. Two
+    // u32 halves rather than one u64, so the scan needs no shifts: per byte
+    // one AND with the end half and one OR into the result, from memory.
+    table: Box<[[u32; 2]; 256]>,
     // Bits that only `exact` needles use, and the normalised lengths those
     // needles have (bit 63: 63 or longer).
     exact_bits: u64,
@@ -1144,8 +1167,9 @@ impl BigramFilter {
                 seen[usize::from(w[0]) << 8 | usize::from(w[1])] += weight;
             }
         }
+        let mut table = Box::new([0u64; 256]);
         let mut f = BigramFilter {
-            table: Box::new([0; 256]),
+            table: Box::new([[0; 2]; 256]),
             exact_bits: 0,
             exact_lens: 0,
             min_len: [u32::MAX; 32],
@@ -1158,7 +1182,7 @@ impl BigramFilter {
                 f.exact_lens |= 1u64 << needle.len().min(63);
             }
             let bit = if needle.len() == 1 {
-                f.table[usize::from(needle[0])] |= SINGLE_BIT;
+                table[usize::from(needle[0])] |= SINGLE_BIT;
                 SINGLE_BIT
             } else {
                 let pair = needle
@@ -1181,8 +1205,8 @@ impl BigramFilter {
                         first_bytes.len() - 1
                     });
                 let bit = 1u64 << (index % BIGRAM_BITS);
-                f.table[usize::from(pair.0)] |= bit;
-                f.table[usize::from(pair.1)] |= bit << 32;
+                table[usize::from(pair.0)] |= bit;
+                table[usize::from(pair.1)] |= bit << 32;
                 bit
             };
             if exact {
@@ -1194,13 +1218,16 @@ impl BigramFilter {
             f.min_len[slot] = f.min_len[slot].min(min_len.min(u32::MAX as usize) as u32);
             f.needles[slot].push((needle.into(), exact));
         }
-        for entry in f.table.iter_mut() {
+        for entry in table.iter_mut() {
             *entry |= SINGLE_BIT << 32;
         }
         if fold {
             for c in b'A'..=b'Z' {
-                f.table[usize::from(c)] = f.table[usize::from(c.to_ascii_lowercase())];
+                table[usize::from(c)] = table[usize::from(c.to_ascii_lowercase())];
             }
+        }
+        for (pair, &e) in f.table.iter_mut().zip(table.iter()) {
+            *pair = [e as u32, (e >> 32) as u32];
         }
         // A bigram shared with a `contains` needle must not be narrowed by
         // the exact-length check.
@@ -1212,14 +1239,14 @@ impl BigramFilter {
     #[inline]
     fn may_contain(&self, b: &[u8]) -> bool {
         let table = &*self.table;
-        let mut acc = 0u64;
-        let mut prev = 0u64;
+        let mut acc = 0u32;
+        let mut prev = 0u32;
         for &c in b {
-            let e = table[usize::from(c)];
-            acc |= prev & (e >> 32);
-            prev = e;
+            let e = &table[usize::from(c)];
+            acc |= prev & e[1];
+            prev = e[0];
         }
-        acc |= prev & SINGLE_BIT;
+        acc |= prev & SINGLE_BIT as u32;
         // Rarely reached: drop bits whose rules need a longer string (a bare
         // 20-byte key id cannot hold an id-plus-secret pair).
         while acc != 0 {
@@ -1236,27 +1263,63 @@ impl BigramFilter {
     #[inline]
     fn key_bits(&self, b: &[u8]) -> u64 {
         let table = &*self.table;
-        let mut acc = 0u64;
-        let mut prev = 0u64;
+        let mut acc = 0u32;
+        let mut prev = 0u32;
+        let mut seps = 0u8;
+        for &c in b {
+            let e = &table[usize::from(c)];
+            acc |= prev & e[1];
+            prev = e[0];
+            seps |= SEP[usize::from(c)];
+        }
+        if seps != 0 {
+            // snake_case and dotted keys: bigrams span the separators.
+            return self.key_bits_skipping_separators(b);
+        }
+        acc |= prev & SINGLE_BIT as u32;
+        self.key_verdict(u64::from(acc), b.len())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn key_bits_skipping_separators(&self, b: &[u8]) -> u64 {
+        let table = &*self.table;
+        let mut acc = 0u32;
+        let mut prev = 0u32;
         let mut seps = 0usize;
         for &c in b {
-            // camelCase keys never take this branch; snake_case ones rarely.
             if is_sep(c) {
                 seps += 1;
                 continue;
             }
-            let e = table[usize::from(c)];
-            acc |= prev & (e >> 32);
-            prev = e;
+            let e = &table[usize::from(c)];
+            acc |= prev & e[1];
+            prev = e[0];
         }
-        acc |= prev & SINGLE_BIT;
-        if acc & !self.exact_bits == 0 && self.exact_lens & (1u64 << (b.len() - seps).min(63)) == 0
-        {
+        acc |= prev & SINGLE_BIT as u32;
+        self.key_verdict(u64::from(acc), b.len() - seps)
+    }
+
+    /// `acc`, or 0 when only `exact` needles are behind it and none of them
+    /// has the key's normalised length `len`.
+    #[inline]
+    fn key_verdict(&self, acc: u64, len: usize) -> u64 {
+        if acc & !self.exact_bits == 0 && self.exact_lens & (1u64 << len.min(63)) == 0 {
             return 0;
         }
         acc
     }
 }
+
+/// 1 for the bytes normalisation drops (see `is_sep`).
+static SEP: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'_' as usize] = 1;
+    t[b'-' as usize] = 1;
+    t[b'.' as usize] = 1;
+    t[b' ' as usize] = 1;
+    t
+};
 
 // ------------------------------------------------------------ key matching
 
@@ -1513,19 +1576,39 @@ impl Redactor {
 
     /// Cheap pre-check for [`object_rules`](Self::object_rules): false when
     /// none of the keys is one an object, path or pair rule could redact.
-    pub fn object_might_match(&self, keys: &mut dyn Iterator<Item = &str>) -> bool {
-        let triggers = &self.inner.triggers;
-        if triggers.is_empty() {
+    #[inline]
+    pub fn object_might_match<'k, I: Iterator<Item = &'k str>>(&self, keys: &mut I) -> bool {
+        let inner = &*self.inner;
+        if inner.triggers.is_empty() {
             return false;
         }
-        for k in keys {
-            if triggers.iter().any(|t| norm_eq(k, t)) {
-                return true;
-            }
-        }
-        false
+        keys.any(|k| inner.might_trigger(k))
     }
+}
 
+impl Inner {
+    /// Could `key`, normalised, be one of the triggers? A first/last byte and
+    /// length check rejects nearly every key before any comparison.
+    #[inline]
+    fn might_trigger(&self, key: &str) -> bool {
+        let b = key.as_bytes();
+        if b.len() < self.trigger_min_len {
+            return false;
+        }
+        let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
+            return self.triggers.iter().any(|t| norm_eq(key, t));
+        };
+        if is_sep(first) || is_sep(last) {
+            return self.triggers.iter().any(|t| norm_eq(key, t));
+        }
+        if self.trigger_ends[usize::from(first)] & (1u64 << (last & 63)) == 0 {
+            return false;
+        }
+        self.triggers.iter().any(|t| norm_eq(key, t))
+    }
+}
+
+impl Redactor {
     /// Redacts pattern secrets and embedded forms (JSON carried in a string,
     /// query strings, command lines, `NAME=value`, header lines) inside a
     /// free string, keeping the rest intact. Borrowed when nothing matched.
