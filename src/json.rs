@@ -230,6 +230,7 @@ fn needs_escape_8(w: u64) -> bool {
 
 /// True when `bytes` holds nothing JSON must escape, checked 8 bytes at a time (the tail is
 /// padded with a harmless byte).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 #[inline]
 fn is_clean(bytes: &[u8]) -> bool {
     let mut chunks = bytes.chunks_exact(8);
@@ -249,35 +250,83 @@ fn is_clean(bytes: &[u8]) -> bool {
     !needs_escape_8(u64::from_le_bytes(w))
 }
 
+/// The index of the first byte JSON must escape, 16 bytes at a time (SSE2 is part of x86-64).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    use std::arch::x86_64::*;
+    let n = bytes.len();
+    if n < 16 {
+        return bytes.iter().position(|&b| ESCAPE[b as usize] != 0);
+    }
+    let p = bytes.as_ptr();
+    // SAFETY: SSE2 is always available on x86_64; every load reads 16 bytes inside `bytes`
+    // (the last window overlaps the previous one instead of reading past the end).
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let bs = _mm_set1_epi8(b'\\' as i8);
+        let ctl = _mm_set1_epi8(0x1f);
+        let window = |i: usize| -> u32 {
+            let v = _mm_loadu_si128(p.add(i) as *const __m128i);
+            let m = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bs)),
+                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
+            );
+            _mm_movemask_epi8(m) as u32
+        };
+        let mut i = 0;
+        while i + 16 <= n {
+            let m = window(i);
+            if m != 0 {
+                return Some(i + m.trailing_zeros() as usize);
+            }
+            i += 16;
+        }
+        if i < n {
+            let m = window(n - 16);
+            if m != 0 {
+                return Some(n - 16 + m.trailing_zeros() as usize);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    if is_clean(bytes) {
+        None
+    } else {
+        bytes.iter().position(|&b| ESCAPE[b as usize] != 0)
+    }
+}
+
 /// Writes `s` as a JSON string literal.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
+    let mut rest = s.as_bytes();
+    out.reserve(rest.len() + 2);
     out.push(b'"');
-    if is_clean(bytes) {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    while let Some(i) = first_escape(rest) {
+        out.extend_from_slice(&rest[..i]);
+        let b = rest[i];
         let esc = ESCAPE[b as usize];
-        if esc == 0 {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
         if esc == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 0xf) as usize]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]);
         } else {
-            out.push(b'\\');
-            out.push(esc);
+            out.extend_from_slice(&[b'\\', esc]);
         }
-        start = i + 1;
+        rest = &rest[i + 1..];
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
@@ -339,6 +388,11 @@ mod tests {
             "quote\"back\\slash",
             "ctl\u{1}\n\t\r\u{8}\u{c}",
             "ünï😀",
+            "0123456789abcdef\"",
+            "0123456789abcdefghij\u{1f}",
+            "0123456789abcdef0123456789abcdef\\x",
+            "ünï😀ünï😀ünï😀ünï😀ünï😀\n",
+            "a long string that needs no escaping at all, of 49+",
         ] {
             let mut out = Vec::new();
             write_str(&mut out, s);

@@ -194,13 +194,9 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                         let Some(s) = v.and_then(|v| v.as_str()) else {
                             return false;
                         };
-                        let lowered;
-                        let s = if *ignore_case && !matches!(test, Test::Matches(_)) {
-                            lowered = s.to_ascii_lowercase();
-                            lowered.as_str()
-                        } else {
-                            s
-                        };
+                        if *ignore_case {
+                            return test_ignoring_case(test, s);
+                        }
                         match test {
                             Test::In(l) => l.iter().any(|x| x == s),
                             Test::InSet(set) => set.contains(s),
@@ -282,10 +278,18 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 // An object stands for a one-element array.
                 let single = (!arr.is_array()).then_some(arr);
                 let elems = arr.elements().filter(|e| !e.is_null()).chain(single);
+                // An object standing for the array was found through the memo: its fields can
+                // be read through the memo too (their trie nodes hang below the `each` path),
+                // so `each = "."` costs no member scans.
+                let through_memo = single.is_some()
+                    && elem.is_none()
+                    && path.root == Root::Record
+                    && (path.node as usize) < self.memo.len();
                 for e in elems {
                     let mut obj = Out::obj();
+                    let sub_elem = if through_memo { None } else { Some(e) };
                     for sub in fields {
-                        self.assign(sub, &mut Target::Tree(&mut obj), Some(e))?;
+                        self.assign(sub, &mut Target::Tree(&mut obj), sub_elem)?;
                     }
                     if !matches!(&obj, Out::Obj(m) if m.is_empty()) {
                         items.push(obj);
@@ -336,11 +340,11 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     format!("expected a string, got {}", src.type_name()),
                 ));
             };
-            match re.captures(s).and_then(|c| c.get(1)) {
+            match re.capture(s) {
                 Some(m) => {
-                    v = Out::Str(Cow::Borrowed(m.as_str()));
+                    v = Out::Str(Cow::Borrowed(m));
                     // A partial extract leaves the full source value for `unmapped`.
-                    consume = m.as_str().len() == s.len();
+                    consume = m.len() == s.len();
                 }
                 None => return Ok(()),
             }
@@ -374,17 +378,18 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             Transformed::Nothing => return Ok(()),
         }
         if let Some(l) = &f.lookup {
-            let key = v.as_str().map(|s| {
-                if l.ignore_case {
-                    Cow::Owned(s.to_ascii_lowercase())
-                } else {
-                    Cow::Borrowed(s)
+            let mut buf = [0u8; 128];
+            let hit = match v.as_str() {
+                None => None,
+                Some(s) if !l.ignore_case || !s.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    l.values.get(s)
                 }
-            });
-            let hit = key
-                .as_deref()
-                .and_then(|k| l.values.get(k))
-                .or(l.default.as_ref());
+                Some(s) => match lowered(s, &mut buf) {
+                    Some(k) => l.values.get(k),
+                    None => l.values.get(s.to_ascii_lowercase().as_str()),
+                },
+            }
+            .or(l.default.as_ref());
             match hit {
                 Some(c) => v = Self::constant(c),
                 // Unknown value: leave the field unset and the source in `unmapped`.
@@ -609,6 +614,68 @@ fn encode_whole(
         Some(r) => encode_src_redacted(out, src, key, r),
         None => encode_src(out, src),
     }
+}
+
+/// A string test with `ignore_case` (the lists were lowercased when the plan was compiled),
+/// without lowercasing the value into a new string.
+fn test_ignoring_case(test: &Test, s: &str) -> bool {
+    let b = s.as_bytes();
+    let starts = |x: &str| b.len() >= x.len() && b[..x.len()].eq_ignore_ascii_case(x.as_bytes());
+    let ends =
+        |x: &str| b.len() >= x.len() && b[b.len() - x.len()..].eq_ignore_ascii_case(x.as_bytes());
+    match test {
+        Test::In(l) => l.iter().any(|x| x.eq_ignore_ascii_case(s)),
+        Test::InSet(set) => {
+            let mut buf = [0u8; 128];
+            match lowered(s, &mut buf) {
+                Some(k) => set.contains(k),
+                None => set.contains(s.to_ascii_lowercase().as_str()),
+            }
+        }
+        Test::Prefix(l) => l.iter().any(|x| starts(x)),
+        Test::PrefixByByte(bk) => b.first().is_some_and(|c| {
+            bk[c.to_ascii_lowercase() as usize]
+                .iter()
+                .any(|x| starts(x))
+        }),
+        Test::Suffix(l) => l.iter().any(|x| ends(x)),
+        Test::Contains(l) => l.iter().any(|x| contains_ignoring_case(b, x.as_bytes())),
+        Test::Matches(re) => re.is_match(s),
+        Test::Exists(_) | Test::Type(_) => unreachable!(),
+    }
+}
+
+/// `s` ASCII-lowercased into `buf`, when it fits.
+fn lowered<'b>(s: &str, buf: &'b mut [u8; 128]) -> Option<&'b str> {
+    let d = buf.get_mut(..s.len())?;
+    d.copy_from_slice(s.as_bytes());
+    d.make_ascii_lowercase();
+    // Lowercasing ASCII bytes keeps UTF-8 valid.
+    std::str::from_utf8(d).ok()
+}
+
+/// `needle` (lowercase) in `hay`, ASCII case ignored.
+fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let last_start = hay.len() - needle.len();
+    let mut pos = 0;
+    while pos <= last_start {
+        let Some(off) = memchr::memchr2(first, first.to_ascii_uppercase(), &hay[pos..=last_start])
+        else {
+            return false;
+        };
+        pos += off;
+        if hay[pos..pos + needle.len()].eq_ignore_ascii_case(needle) {
+            return true;
+        }
+        pos += 1;
+    }
+    false
 }
 
 fn push_scalar(s: &mut String, v: Src<'_, '_>) {

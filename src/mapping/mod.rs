@@ -4,6 +4,7 @@
 //! `table.rs` is the file format, `plan.rs` compiles it, `engine.rs` runs it.
 
 pub mod engine;
+pub mod extract;
 pub mod plan;
 pub mod skeleton;
 pub mod table;

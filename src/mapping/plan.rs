@@ -3,6 +3,7 @@
 //! source fields it used), regexes compiled, lookups indexed. A table that does not compile is
 //! a startup error naming the file, the line and what is wrong.
 
+use super::extract::Extract;
 use super::skeleton::{Skeleton, NEVER};
 use super::table::{self, Cond, Field, LookupRef, OneOrMany, Table};
 use crate::ocsf::schema::{ClassSchema, LeafKind};
@@ -243,7 +244,7 @@ pub struct FieldP {
     pub kind: LeafKind,
     pub source: SourceP,
     pub transform: Transform,
-    pub extract: Option<Regex>,
+    pub extract: Option<Extract>,
     pub lookup: Option<Arc<LookupP>>,
     pub default: Option<ConstV>,
     pub otherwise: Option<(Vec<&'static str>, LeafKind)>,
@@ -715,7 +716,7 @@ impl Compiler<'_> {
         let extract = match &f.extract {
             None => None,
             Some(re) => {
-                let r = Regex::new(re).map_err(|e| self.err(line, format!("bad regex: {e}")))?;
+                let r = Extract::new(re).map_err(|e| self.err(line, format!("bad regex: {e}")))?;
                 if r.captures_len() != 2 {
                     return Err(self.err(line, "`extract` needs exactly one capture group"));
                 }
