@@ -430,6 +430,16 @@ struct Proc {
     dead: PathBuf,
 }
 
+/// A replica that a failing assertion leaves behind is killed, not leaked.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spawn(dir: &Path, name: &str, yaml_text: &str) -> Proc {
     let cfg = dir.join(format!("{name}.yaml"));
     std::fs::write(&cfg, yaml_text).expect("config");
