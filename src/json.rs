@@ -257,6 +257,27 @@ fn first_escape(bytes: &[u8]) -> Option<usize> {
     use std::arch::x86_64::*;
     let n = bytes.len();
     if n < 16 {
+        // Keys and short values: two overlapping word checks, then the position if needed.
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let half = |i: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&bytes[i..i + 4]);
+            u32::from_le_bytes(w) as u64
+        };
+        let dirty = if n >= 8 {
+            needs_escape_8(word(0)) || needs_escape_8(word(n - 8))
+        } else if n >= 4 {
+            needs_escape_8(half(0) | (half(n - 4) << 32))
+        } else {
+            bytes.iter().any(|&b| ESCAPE[b as usize] != 0)
+        };
+        if !dirty {
+            return None;
+        }
         return bytes.iter().position(|&b| ESCAPE[b as usize] != 0);
     }
     let p = bytes.as_ptr();
@@ -393,6 +414,13 @@ mod tests {
             "0123456789abcdef0123456789abcdef\\x",
             "ünï😀ünï😀ünï😀ünï😀ünï😀\n",
             "a long string that needs no escaping at all, of 49+",
+            "ab\"",
+            "abcd\\",
+            "abcdefg\n",
+            "abcdefgh\u{7f}x\t",
+            "\u{1}bcdefghijklmno",
+            "abcdefghijklmno",
+            "abcdef",
         ] {
             let mut out = Vec::new();
             write_str(&mut out, s);

@@ -32,8 +32,9 @@ pub struct Scratch {
     /// (class index, activity) by plan id and the values of the plan's decision keys.
     decisions: DecisionCache,
     key: Vec<u8>,
-    /// The event slots and presence bits, kept for their allocations.
-    slots: (Vec<Option<Out<'static, 'static>>>, Vec<bool>),
+    /// The event slots (all empty between records), presence bits and written slots, kept
+    /// for their allocations.
+    slots: (Vec<Option<Out<'static, 'static>>>, Vec<bool>, Vec<u32>),
 }
 
 /// A record and the envelopes it arrived in (read through `@carrier.` / `@element.` paths).
@@ -318,6 +319,24 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         target: &mut Target<'_, '_, 't, 'i>,
         elem: Option<Src<'t, 'i>>,
     ) -> Result<(), RecordError> {
+        if f.simple {
+            // A plain copy (`from` alone) into the event: no transform, lookup or condition.
+            if let (SourceP::Paths(paths), Target::Slots(s, sk)) = (&f.source, &mut *target) {
+                if s.has(f.slot) {
+                    return Ok(());
+                }
+                for path in paths {
+                    if let Some(src) = self.get(path, elem) {
+                        let v = coerce(Out::Raw(src), f.kind)
+                            .map_err(|why| field_err(f, format!("{why} (from `{}`)", path.text)))?;
+                        s.put(sk, f.slot, v);
+                        self.mark(path.node);
+                        return Ok(());
+                    }
+                }
+                return Ok(());
+            }
+        }
         if target.has(&f.to, f.slot) {
             return Ok(());
         }
@@ -1025,8 +1044,12 @@ impl Plan {
         let mut slots = Slots {
             vals: recycle(std::mem::take(&mut scratch_slots.0)),
             present: std::mem::take(&mut scratch_slots.1),
+            written: std::mem::take(&mut scratch_slots.2),
         };
-        slots.vals.resize_with(sk.nodes.len(), || None);
+        if slots.vals.len() < sk.nodes.len() {
+            slots.vals.resize_with(sk.nodes.len(), || None);
+        }
+        slots.written.clear();
         slots.present.clear();
         slots.present.resize(sk.nodes.len(), false);
         let result = (|| {
@@ -1099,18 +1122,32 @@ impl Plan {
             }
             Ok(info.uid)
         })();
-        slots.vals.clear();
+        for &w in &slots.written {
+            slots.vals[w as usize] = None;
+        }
         scratch_slots.0 = recycle(slots.vals);
         scratch_slots.1 = slots.present;
+        scratch_slots.2 = slots.written;
         result
     }
 }
 
-/// Reuses a vector's allocation for a different lifetime. The vector is empty, so no value
-/// crosses lifetimes; `collect` on a same-layout `into_iter` keeps the buffer.
+/// Reuses the slot vector for values of another lifetime without touching its elements.
+/// Every element is `None` (`map` empties the slots it wrote before handing the vector back),
+/// so no value crosses lifetimes.
 fn recycle<'a, 'b>(v: Vec<Option<Out<'a, 'a>>>) -> Vec<Option<Out<'b, 'b>>> {
-    debug_assert!(v.is_empty());
-    v.into_iter().map(|_| None).collect()
+    debug_assert!(v.iter().all(Option::is_none));
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same element type but for lifetimes (which do not change layout), the buffer,
+    // length and capacity come from a live vector that is not used again, and every element
+    // is `None`, which holds no reference of either lifetime.
+    unsafe {
+        Vec::from_raw_parts(
+            v.as_mut_ptr() as *mut Option<Out<'b, 'b>>,
+            v.len(),
+            v.capacity(),
+        )
+    }
 }
 
 #[cfg(test)]

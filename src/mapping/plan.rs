@@ -254,6 +254,8 @@ pub struct FieldP {
     pub otherwise_slot: u32,
     /// The values this field writes may violate the schema in ways coercion cannot rule out.
     pub check: bool,
+    /// `from` alone: the engine copies the first present path, nothing else to do.
+    pub simple: bool,
 }
 
 /// Skeleton slots the engine itself writes.
@@ -742,7 +744,15 @@ impl Compiler<'_> {
             .as_ref()
             .map(|c| self.cond(c, base, line))
             .transpose()?;
+        let simple = matches!(source, SourceP::Paths(_))
+            && transform == Transform::None
+            && extract.is_none()
+            && lookup.is_none()
+            && f.default.is_none()
+            && otherwise.is_none()
+            && when.is_none();
         Ok(FieldP {
+            simple,
             line,
             to_text: leak(f.to.get_ref()),
             to,

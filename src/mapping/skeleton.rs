@@ -171,6 +171,8 @@ impl Default for Skeleton {
 pub struct Slots<'t, 'i> {
     pub vals: Vec<Option<Out<'t, 'i>>>,
     pub present: Vec<bool>,
+    /// The slots `put` filled, so that only they are emptied after the event.
+    pub written: Vec<u32>,
 }
 
 impl<'t, 'i> Slots<'t, 'i> {
@@ -183,7 +185,11 @@ impl<'t, 'i> Slots<'t, 'i> {
     }
 
     pub fn put(&mut self, skel: &Skeleton, slot: u32, v: Out<'t, 'i>) {
-        self.vals[slot as usize] = Some(v);
+        let cell = &mut self.vals[slot as usize];
+        if cell.is_none() {
+            self.written.push(slot);
+        }
+        *cell = Some(v);
         let mut id = slot;
         while id != NEVER && !self.present[id as usize] {
             self.present[id as usize] = true;
