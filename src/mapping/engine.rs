@@ -1143,7 +1143,7 @@ fn recycle<'a, 'b>(v: Vec<Option<Out<'a, 'a>>>) -> Vec<Option<Out<'b, 'b>>> {
     // is `None`, which holds no reference of either lifetime.
     unsafe {
         Vec::from_raw_parts(
-            v.as_mut_ptr() as *mut Option<Out<'b, 'b>>,
+            v.as_mut_ptr().cast::<Option<Out<'b, 'b>>>(),
             v.len(),
             v.capacity(),
         )
