@@ -18,27 +18,43 @@ pub struct Redact<'a> {
     pub clean: Option<&'a mut CleanCache>,
 }
 
-/// Strings of `CleanCache::MIN_LEN`+ bytes the text rules found nothing in.
+/// Strings the text rules found nothing in: long ones (looked up before any scan), and shorter
+/// ones the text filter fired on (looked up before the anchor search). Strings the filter
+/// rejects outright are never stored, so unique ids do not churn the set.
 #[derive(Default)]
 pub struct CleanCache {
     set: rustc_hash::FxHashSet<Box<str>>,
 }
 
 impl CleanCache {
-    const MIN_LEN: usize = 32;
+    /// From this length hashing a string is cheaper than filtering it.
+    const LONG: usize = 64;
+    /// Shorter strings the filter fired on are cached from this length.
+    const MIN_LEN: usize = 12;
     const MAX_ENTRIES: usize = 16_384;
+
+    fn insert(&mut self, s: &str) {
+        if self.set.len() >= Self::MAX_ENTRIES {
+            self.set.clear();
+        }
+        self.set.insert(s.into());
+    }
 }
 
 impl Redact<'_> {
     /// The text rules on one string, through the lane's cache of known-clean strings.
     #[inline]
     pub fn text<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
-        if s.len() >= CleanCache::MIN_LEN {
-            if let Some(cache) = self.clean.as_deref_mut() {
-                return text_cached(self.redactor, self.counts, cache, s);
-            }
+        if self.clean.is_none() {
+            return self.redactor.redact_text(s, self.counts);
         }
-        self.redactor.redact_text(s, self.counts)
+        if s.len() >= CleanCache::LONG {
+            return self.text_long(s);
+        }
+        if !self.redactor.text_might_match(s) {
+            return Cow::Borrowed(s);
+        }
+        self.text_matched(s)
     }
 
     /// Writes `s` as a JSON string, redacted by the text rules.
@@ -49,28 +65,40 @@ impl Redact<'_> {
             Cow::Owned(s) => json::write_str(out, &s),
         }
     }
-}
 
-// Out of line: the hash lookup and the insertion would otherwise weigh on every short
-// string's call.
-#[inline(never)]
-fn text_cached<'s>(
-    redactor: &Redactor,
-    counts: &mut RedactionCounts,
-    cache: &mut CleanCache,
-    s: &'s str,
-) -> Cow<'s, str> {
-    if cache.set.contains(s) {
-        return Cow::Borrowed(s);
-    }
-    let out = redactor.redact_text(s, counts);
-    if matches!(out, Cow::Borrowed(_)) {
-        if cache.set.len() >= CleanCache::MAX_ENTRIES {
-            cache.set.clear();
+    // Out of line: the hash lookup and the insertion would otherwise weigh on every short
+    // string's call.
+    #[inline(never)]
+    fn text_long<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
+        let Some(cache) = self.clean.as_deref_mut() else {
+            return self.redactor.redact_text(s, self.counts);
+        };
+        if cache.set.contains(s) {
+            return Cow::Borrowed(s);
         }
-        cache.set.insert(s.into());
+        let out = self.redactor.redact_text(s, self.counts);
+        if matches!(out, Cow::Borrowed(_)) {
+            cache.insert(s);
+        }
+        out
     }
-    out
+
+    /// A string the text filter fired on.
+    #[inline(never)]
+    fn text_matched<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
+        let cache = match self.clean.as_deref_mut() {
+            Some(c) if s.len() >= CleanCache::MIN_LEN => c,
+            _ => return self.redactor.redact_text_matched(s, self.counts),
+        };
+        if cache.set.contains(s) {
+            return Cow::Borrowed(s);
+        }
+        let out = self.redactor.redact_text_matched(s, self.counts);
+        if matches!(out, Cow::Borrowed(_)) {
+            cache.insert(s);
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -392,7 +392,35 @@ struct Inner {
     actions: Vec<Vec<Action>>,
     min_text_len: usize,
     mac: Option<HmacSha256>,
+    // Distinguishes this rule set in the per-thread key verdict cache.
+    id: u64,
 }
+
+/// Keys this long skip the bigram filter and go straight to the verdict cache:
+/// hashing them is cheaper than filtering them (Azure claim URIs, long
+/// annotation keys), and they repeat from event to event.
+const LONG_KEY: usize = 32;
+const KEY_CACHE_MAX: usize = 4096;
+
+/// Verdicts of the keys the bigram filter could not settle, and of long keys,
+/// per thread: audit events repeat a few hundred keys, and a filter hit costs
+/// a normalisation, a needle check and an automaton pass. Exact keys, so a hit
+/// is never a guess; bounded (cleared when full); tied to one rule set.
+struct KeyCache {
+    owner: u64,
+    verdicts: rustc_hash::FxHashMap<Box<str>, Option<RuleId>>,
+}
+
+thread_local! {
+    static KEY_CACHE: std::cell::RefCell<KeyCache> = const {
+        std::cell::RefCell::new(KeyCache {
+            owner: 0,
+            verdicts: std::collections::HashMap::with_hasher(rustc_hash::FxBuildHasher),
+        })
+    };
+}
+
+static NEXT_RULE_SET_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 // ----------------------------------------------------------- construction
 
@@ -933,6 +961,7 @@ fn compile(
         actions,
         min_text_len,
         mac,
+        id: NEXT_RULE_SET_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -1524,11 +1553,49 @@ impl Redactor {
         if key.len() < keys.min_len {
             return None;
         }
+        if key.len() >= LONG_KEY {
+            return self.key_rule_cached(key, None);
+        }
         let bits = keys.filter.key_bits(key.as_bytes());
         if bits == 0 {
             return None;
         }
-        keys.lookup(key, bits)
+        self.key_rule_cached(key, Some(bits))
+    }
+
+    /// `key_rule` through the thread's verdict cache; `bits`: the filter's
+    /// answer when it already ran.
+    #[cold]
+    #[inline(never)]
+    fn key_rule_cached(&self, key: &str, bits: Option<u64>) -> Option<RuleId> {
+        let uncached = || {
+            let keys = &self.inner.keys;
+            let bits = bits.unwrap_or_else(|| keys.filter.key_bits(key.as_bytes()));
+            if bits == 0 {
+                return None;
+            }
+            keys.lookup(key, bits)
+        };
+        KEY_CACHE
+            .try_with(|cache| {
+                let Ok(mut cache) = cache.try_borrow_mut() else {
+                    return uncached();
+                };
+                if cache.owner != self.inner.id {
+                    cache.verdicts.clear();
+                    cache.owner = self.inner.id;
+                }
+                if let Some(&v) = cache.verdicts.get(key) {
+                    return v;
+                }
+                let v = uncached();
+                if cache.verdicts.len() >= KEY_CACHE_MAX {
+                    cache.verdicts.clear();
+                }
+                cache.verdicts.insert(key.into(), v);
+                v
+            })
+            .unwrap_or_else(|_| uncached())
     }
 
     /// Given the keys and string values of ONE object's direct members (in
@@ -1618,6 +1685,26 @@ impl Redactor {
         if s.len() < inner.min_text_len || !inner.text_filter.may_contain(s.as_bytes()) {
             return Cow::Borrowed(s);
         }
+        self.redact_text_slow(s, counts)
+    }
+
+    /// The cheap first step of [`redact_text`](Self::redact_text), for callers
+    /// that keep their own cache of clean strings: false means `redact_text`
+    /// returns `s` borrowed and counts nothing.
+    #[inline]
+    pub fn text_might_match(&self, s: &str) -> bool {
+        let inner = &*self.inner;
+        s.len() >= inner.min_text_len && inner.text_filter.may_contain(s.as_bytes())
+    }
+
+    /// [`redact_text`](Self::redact_text) for a string that
+    /// [`text_might_match`](Self::text_might_match) accepted (the filter is
+    /// not run again).
+    pub fn redact_text_matched<'a>(
+        &self,
+        s: &'a str,
+        counts: &mut RedactionCounts,
+    ) -> Cow<'a, str> {
         self.redact_text_slow(s, counts)
     }
 
