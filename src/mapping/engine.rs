@@ -1123,7 +1123,14 @@ impl Plan {
             Ok(info.uid)
         })();
         for &w in &slots.written {
-            slots.vals[w as usize] = None;
+            match slots.vals[w as usize].take() {
+                // Nothing to free: skip the drop glue.
+                v @ Some(Out::Raw(_) | Out::Int(_) | Out::Bool(_) | Out::Json(_)) => {
+                    std::mem::forget(v)
+                }
+                v @ Some(Out::Str(Cow::Borrowed(_))) => std::mem::forget(v),
+                v => drop(v),
+            }
         }
         scratch_slots.0 = recycle(slots.vals);
         scratch_slots.1 = slots.present;

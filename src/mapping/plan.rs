@@ -100,17 +100,44 @@ impl Trie {
         if let Some(ix) = &n.index {
             return ix[bucket(key)]
                 .iter()
-                .find(|(k, _)| *k == key)
+                .find(|(k, _)| key_eq(k, key))
                 .map(|(_, id)| *id);
         }
         n.children
             .iter()
-            .find(|(k, _)| *k == key)
+            .find(|(k, _)| key_eq(k, key))
             .map(|(_, id)| *id)
     }
 
     pub fn is_leaf(&self, node: u32) -> bool {
         self.nodes[node as usize].children.is_empty()
+    }
+}
+
+/// Key equality without a `memcmp` call for keys of up to 16 bytes (most JSON keys): two
+/// overlapping word compares.
+#[inline]
+fn key_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |x: &[u8], i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&x[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let w4 = |x: &[u8], i: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&x[i..i + 4]);
+        u32::from_le_bytes(w)
+    };
+    match n {
+        0..=3 => a == b,
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => w8(a, 0) == w8(b, 0) && a == b,
     }
 }
 
@@ -1101,7 +1128,7 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
     let decision_keys = (cacheable && keys.len() <= 4).then_some(keys);
     static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     for n in &mut c.trie.nodes {
-        if n.children.len() > 6 {
+        if n.children.len() > 3 {
             let mut ix: Box<Buckets> = Box::new(std::array::from_fn(|_| Vec::new()));
             for &(k, id) in &n.children {
                 ix[bucket(k)].push((k, id));

@@ -42,6 +42,9 @@ pub struct SkelNode {
 #[derive(Debug)]
 pub struct Skeleton {
     pub nodes: Vec<SkelNode>,
+    /// The nodes `validate` has something to check on (flagged leaves, objects with
+    /// requirements), in id order; set by `finish`.
+    pub checks: Vec<u32>,
 }
 
 impl Skeleton {
@@ -51,6 +54,7 @@ impl Skeleton {
                 parent: NEVER,
                 ..SkelNode::default()
             }],
+            checks: Vec::new(),
         }
     }
 
@@ -142,6 +146,16 @@ impl Skeleton {
             n.any_of_text = any_of_text;
             n.one_of_text = one_of_text;
         }
+        self.checks = (0..self.nodes.len() as u32)
+            .filter(|&id| {
+                let n = &self.nodes[id as usize];
+                if n.leaf {
+                    n.check
+                } else {
+                    !n.required.is_empty() || !n.any_of.is_empty() || !n.one_of.is_empty()
+                }
+            })
+            .collect();
     }
 
     /// The dotted path of a node, for messages.
@@ -200,7 +214,9 @@ impl<'t, 'i> Slots<'t, 'i> {
     /// Checks the OCSF requirements of every present object and the flagged leaves.
     pub fn validate(&self, skel: &Skeleton, schema: &ClassSchema) -> Option<Violation> {
         let has = |c: u32| c != NEVER && self.present[c as usize];
-        for (id, n) in skel.nodes.iter().enumerate() {
+        // Only nodes with something to check; the others would pass.
+        for &id in &skel.checks {
+            let (id, n) = (id as usize, &skel.nodes[id as usize]);
             if !self.present[id] && id != 0 {
                 continue;
             }
@@ -272,8 +288,14 @@ impl<'t, 'i> Slots<'t, 'i> {
             out.extend_from_slice(n.key_json.as_bytes());
             if n.leaf {
                 if let Some(v) = &self.vals[c as usize] {
-                    if n.plain {
-                        v.encode(out);
+                    if n.plain || red.is_none() {
+                        // What `Out::encode` writes, without its dispatch for the common leaf.
+                        match v {
+                            Out::Raw(src) if src.as_str().is_some() => {
+                                json::write_str(out, src.as_str().unwrap_or_default())
+                            }
+                            _ => v.encode(out),
+                        }
                     } else {
                         v.encode_redacted(out, red.as_deref_mut());
                     }
