@@ -157,7 +157,16 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
 
     fn get(&mut self, p: &SrcPath, elem: Option<Src<'t, 'i>>) -> Option<Src<'t, 'i>> {
         if p.root == Root::Record && elem.is_none() && (p.node as usize) < self.memo.len() {
-            let v = self.lookup(p.node)?;
+            // A memo hit (most asks: siblings are filled by one scan) without the call.
+            let m = self.memo[p.node as usize];
+            let v = if m[0] == self.generation && p.node != RECORD_ROOT {
+                if m[2] == 0 {
+                    return None;
+                }
+                self.input.record.at(m[1], m[2])
+            } else {
+                self.lookup(p.node)?
+            };
             return (!v.is_null() && v.as_str() != Some("")).then_some(v);
         }
         let mut cur = self.base(p, elem)?;
@@ -327,8 +336,13 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 }
                 for path in paths {
                     if let Some(src) = self.get(path, elem) {
-                        let v = coerce(Out::Raw(src), f.kind)
-                            .map_err(|why| field_err(f, format!("{why} (from `{}`)", path.text)))?;
+                        let v = if f.kind == LeafKind::String && src.as_str().is_some() {
+                            Out::Raw(src)
+                        } else {
+                            coerce(Out::Raw(src), f.kind).map_err(|why| {
+                                field_err(f, format!("{why} (from `{}`)", path.text))
+                            })?
+                        };
                         s.put(sk, f.slot, v);
                         self.mark(path.node);
                         return Ok(());
