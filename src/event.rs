@@ -187,16 +187,24 @@ impl<'t, 'i> Out<'t, 'i> {
     }
 
     /// Appends this value as JSON, redacted when `red` is given.
+    #[inline]
     pub fn encode_redacted(&self, out: &mut Vec<u8>, red: Option<&mut Redact<'_>>) {
         let Some(r) = red else {
             return self.encode(out);
         };
+        // The common leaf, a source string, without the dispatch below.
+        if let Out::Raw(src) = self {
+            if let Some(s) = src.as_str() {
+                return r.write_text(out, s);
+            }
+        }
+        self.encode_redacted_with(out, r)
+    }
+
+    fn encode_redacted_with(&self, out: &mut Vec<u8>, r: &mut Redact<'_>) {
         match self {
             Out::Str(s) => r.write_text(out, s),
-            Out::Raw(src) => match src.as_str() {
-                Some(s) => r.write_text(out, s),
-                None => encode_src_redacted(out, *src, None, r),
-            },
+            Out::Raw(src) => encode_src_redacted(out, *src, None, r),
             Out::Obj(members) => {
                 out.push(b'{');
                 for (n, (k, v)) in members.iter().enumerate() {
@@ -205,7 +213,7 @@ impl<'t, 'i> Out<'t, 'i> {
                     }
                     json::write_str(out, k);
                     out.push(b':');
-                    v.encode_redacted(out, Some(r));
+                    v.encode_redacted_with(out, r);
                 }
                 out.push(b'}');
             }
@@ -215,7 +223,7 @@ impl<'t, 'i> Out<'t, 'i> {
                     if n > 0 {
                         out.push(b',');
                     }
-                    v.encode_redacted(out, Some(r));
+                    v.encode_redacted_with(out, r);
                 }
                 out.push(b']');
             }
