@@ -52,6 +52,9 @@ pub enum ErrorCode {
     /// A Kinesis record that starts with the KPL aggregate magic but cannot be split into its
     /// user records (MD5 digest, protobuf body, partition key table): the whole record is lost.
     KplInvalid,
+    /// The OCSF event is larger than the output accepts (Kafka `message.max.bytes`, a Kinesis
+    /// record's 1 MiB): it is kept in the dead letter instead of wedging the lane.
+    EventTooLarge,
 }
 
 impl ErrorCode {
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::BadPayload => "bad_payload",
             ErrorCode::SchemaViolation => "schema_violation",
             ErrorCode::KplInvalid => "kpl_invalid",
+            ErrorCode::EventTooLarge => "event_too_large",
         }
     }
 }

@@ -40,6 +40,7 @@
 
 use crate::config::{DestinationPlan, LaneSettings, Plan};
 use crate::dlq::DeadLetter;
+use crate::error::{ErrorCode, RecordError, Stage};
 use crate::mapping::Mappings;
 use crate::normalize::{Emit, EventInfo, Normalizer};
 use crate::record::{Position, SourceKind};
@@ -246,11 +247,12 @@ impl Destination {
         }
     }
 
-    fn send_event(&self, route: &Route, json: &[u8]) -> Result<Ack, Full> {
+    fn send_event(&self, route: &Route, json: &[u8]) -> Result<Ack, Refused> {
         match (self, route) {
             (Destination::Kafka(t), Route::Kafka(p)) => match t.send(p, json, None) {
                 Ok(d) => Ok(Ack::Kafka(d)),
-                Err(ksink::SendError::Full) => Err(Full),
+                Err(ksink::SendError::Full) => Err(Refused::Full),
+                Err(ksink::SendError::TooLarge(e)) => Err(Refused::TooLarge(e)),
                 Err(ksink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
             },
             (Destination::Kinesis(t), Route::Kinesis(key)) => kinesis_ack(t.send(key, json)),
@@ -259,14 +261,18 @@ impl Destination {
         }
     }
 
-    fn send_dead_letter(&self, route: &Route, dl: &DeadLetter) -> Result<Ack, Full> {
-        match (self, route) {
+    /// A dead letter the destination cannot take whatever its size is a delivery failure:
+    /// the lane retries and, past its budget, stops without committing past it.
+    fn send_dead_letter(&self, route: &Route, dl: &DeadLetter) -> Result<Ack, Refused> {
+        let r = match (self, route) {
             (Destination::Kafka(t), Route::Kafka(p)) => {
                 let headers = ksink::dead_letter_headers(dl);
                 match t.send(p, &dl.original_bytes(), Some(headers)) {
                     Ok(d) => Ok(Ack::Kafka(d)),
-                    Err(ksink::SendError::Full) => Err(Full),
-                    Err(ksink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
+                    Err(ksink::SendError::Full) => Err(Refused::Full),
+                    Err(ksink::SendError::TooLarge(e) | ksink::SendError::Failed(e)) => {
+                        Ok(Ack::Done(Err(e)))
+                    }
                 }
             }
             (Destination::Kinesis(t), Route::Kinesis(key)) => {
@@ -274,6 +280,12 @@ impl Destination {
             }
             (Destination::Lines(s), _) => Ok(Ack::Done(write_line(s, &dl.to_json()))),
             (Destination::Kafka(_) | Destination::Kinesis(_), _) => unreachable_route(),
+        };
+        match r {
+            Err(Refused::TooLarge(e)) => Ok(Ack::Done(Err(format!(
+                "{e} (a dead letter; raise the dead-letter destination's size limit)"
+            )))),
+            other => other,
         }
     }
 
@@ -302,15 +314,16 @@ impl Destination {
     }
 }
 
-fn kinesis_ack(r: Result<kinesis_sink::Delivery, kinesis_sink::SendError>) -> Result<Ack, Full> {
+fn kinesis_ack(r: Result<kinesis_sink::Delivery, kinesis_sink::SendError>) -> Result<Ack, Refused> {
     match r {
         Ok(d) => Ok(Ack::Kinesis(d)),
-        Err(kinesis_sink::SendError::Full) => Err(Full),
+        Err(kinesis_sink::SendError::Full) => Err(Refused::Full),
+        Err(kinesis_sink::SendError::TooLarge(e)) => Err(Refused::TooLarge(e)),
         Err(kinesis_sink::SendError::Failed(e)) => Ok(Ack::Done(Err(e))),
     }
 }
 
-fn unreachable_route() -> Result<Ack, Full> {
+fn unreachable_route() -> Result<Ack, Refused> {
     Ok(Ack::Done(Err(
         "internal: a route computed for another destination".into(),
     )))
@@ -324,8 +337,13 @@ fn write_line(s: &Mutex<Lines>, line: &[u8]) -> Result<(), String> {
     lock(s).write_line(line)
 }
 
-/// The destination's queue is full: wait for acknowledgements and send again.
-struct Full;
+/// A write the destination did not take.
+enum Refused {
+    /// Its queue is full: wait for acknowledgements and send again.
+    Full,
+    /// This record can never be written (over the destination's size limit).
+    TooLarge(String),
+}
 
 /// The acknowledgement of one write.
 enum Ack {
@@ -483,7 +501,9 @@ impl Kind {
 }
 
 enum Outgoing {
-    Event(Vec<u8>, u16),
+    /// The event, its metrics label, and where its record was (for a dead letter if the
+    /// output refuses it).
+    Event(Vec<u8>, u16, Position, SourceKind),
     DeadLetter(DeadLetter, u16),
 }
 
@@ -496,7 +516,12 @@ struct Collect<'a> {
 impl Emit for Collect<'_> {
     fn event(&mut self, json: &[u8], info: EventInfo<'_>) {
         let label = self.metrics.event_label(info.source, info.class_uid);
-        self.out.push(Outgoing::Event(json.to_vec(), label));
+        self.out.push(Outgoing::Event(
+            json.to_vec(),
+            label,
+            info.position.clone(),
+            info.source,
+        ));
     }
 
     fn dead_letter(&mut self, dl: DeadLetter) {
@@ -607,9 +632,12 @@ impl Lane {
         self.entries[i].pending = self.out.len() as u32;
         let out = std::mem::take(&mut self.out);
         for o in &out {
+            // An event the output can never take becomes a dead letter in its place.
+            let mut instead: Option<Outgoing> = None;
             loop {
-                let r = match o {
-                    Outgoing::Event(json, label) => self
+                let cur = instead.as_ref().unwrap_or(o);
+                let r = match cur {
+                    Outgoing::Event(json, label, ..) => self
                         .shared
                         .events
                         .send_event(&self.events_route, json)
@@ -625,7 +653,28 @@ impl Lane {
                         self.acks.push_back((n, kind, ack));
                         break;
                     }
-                    Err(Full) => self.wait_for_room().await,
+                    Err(Refused::Full) => self.wait_for_room().await,
+                    Err(Refused::TooLarge(why)) => {
+                        let dl = match cur {
+                            Outgoing::Event(json, _, position, source) => DeadLetter::new(
+                                RecordError::new(
+                                    ErrorCode::EventTooLarge,
+                                    Stage::Encode,
+                                    format!(
+                                        "{why}; the OCSF event ({} bytes, already redacted) is kept here as `original`",
+                                        json.len()
+                                    ),
+                                ),
+                                position.clone(),
+                                Some(*source),
+                                json,
+                            ),
+                            // send_dead_letter never says TooLarge.
+                            Outgoing::DeadLetter(dl, _) => dl.clone(),
+                        };
+                        let label = self.metrics.dead_letter_label(dl.stage, dl.error_code);
+                        instead = Some(Outgoing::DeadLetter(dl, label));
+                    }
                 }
             }
         }

@@ -108,10 +108,16 @@ struct Running {
 
 impl Running {
     fn start(yaml: &str) -> Running {
-        let plan = config::parse(yaml)
+        Running::start_with(yaml, |_| {})
+    }
+
+    /// With a change to the resolved plan (settings the config file does not offer).
+    fn start_with(yaml: &str, change: impl FnOnce(&mut config::Plan)) -> Running {
+        let mut plan = config::parse(yaml)
             .unwrap_or_else(|p| panic!("config:\n{p}"))
             .resolve(Path::new("."))
             .unwrap_or_else(|p| panic!("config:\n{p}"));
+        change(&mut plan);
         let mappings = Arc::new(Mappings::load(None).expect("tables"));
         let runtime = rt();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -863,5 +869,95 @@ fn kpl_aggregates_and_cloudwatch_logs_payloads_arrive_as_events_with_a_file_chec
     let lease = &doc["leases"][0];
     assert_eq!(lease["shard"], shard.as_str(), "{saved}");
     assert!(lease["checkpoint"]["after"].is_string(), "{saved}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_event_too_large_for_the_output_stream_becomes_a_dead_letter() {
+    let Some((kinesis, dynamo)) = kc::endpoints() else {
+        return;
+    };
+    kc::set_process_env();
+    let rt = rt();
+    let client = kc::kinesis_client(&kinesis);
+    let (input, output) = (kc::unique("big-in"), kc::unique("big-out"));
+    let table = kc::unique("leases");
+    let t = templates();
+    let n = 60;
+    rt.block_on(async {
+        kc::create_stream(&client, &input, 1).await;
+        kc::create_stream(&client, &output, 1).await;
+        let recs: Vec<Vec<u8>> = (0..n).map(|i| record(&t, i, &id("b", "s0", i))).collect();
+        let refs: Vec<(&str, &[u8])> = recs.iter().map(|d| ("k", d.as_slice())).collect();
+        kc::put_records(&client, &input, &refs).await;
+    });
+    let dir = scratch("kinesis-big");
+    let dead = dir.join("dead.ndjson");
+    let text = yaml(&kinesis, &dynamo, &input, &table, Path::new("-"), &dead, "").replace(
+        "output:\n  file: -",
+        &format!(
+            "output:\n  kinesis: {{stream: {output}, region: us-east-1, endpoint: \"{kinesis}\"}}"
+        ),
+    );
+    // A limit between the sizes of the corpus's events, so that some fit and some do not.
+    let limit = 2600;
+    let run = Running::start_with(&text, |plan| match &mut plan.output {
+        config::DestinationPlan::Kinesis(k) => k.max_record_bytes = Some(limit),
+        other => panic!("{other:?}"),
+    });
+    let count = || -> usize {
+        rt.block_on(kc::read_all(&client, &output))
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            + lines(&dead)
+    };
+    let done = wait_until(Duration::from_secs(60), || count() >= n);
+    let summary = run
+        .stop()
+        .expect("clean stop: an oversized event does not wedge the lane");
+    assert!(done, "{} of {n}; {summary}", count());
+    let events: Vec<String> = rt
+        .block_on(kc::read_all(&client, &output))
+        .values()
+        .flatten()
+        .map(|(_, d)| {
+            assert!(d.len() + 64 <= limit, "an event over the limit was written");
+            let v: serde_json::Value = serde_json::from_slice(d).unwrap();
+            v["metadata"]["uid"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let dls: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !events.is_empty() && !dls.is_empty(),
+        "{} events, {} dead letters",
+        events.len(),
+        dls.len()
+    );
+    let mut uids: BTreeSet<String> = events.into_iter().collect();
+    for d in &dls {
+        assert_eq!(d["error_code"], "event_too_large", "{d}");
+        assert_eq!(d["stage"], "encode");
+        assert!(
+            d["detail"]
+                .as_str()
+                .unwrap()
+                .contains("over the stream's limit"),
+            "{d}"
+        );
+        // The dead letter keeps the whole OCSF event.
+        let ev: serde_json::Value = serde_json::from_str(d["original"].as_str().unwrap()).unwrap();
+        assert!(ev["class_uid"].is_number());
+        assert!(uids.insert(ev["metadata"]["uid"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(
+        uids.len(),
+        n,
+        "every record is an event or a dead letter, once"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

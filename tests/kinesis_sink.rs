@@ -48,7 +48,7 @@ async fn send_all(
                     let d = pending.pop_front().expect("full with nothing in flight");
                     results.push(d.await);
                 }
-                Err(SendError::Failed(e)) => panic!("send failed: {e}"),
+                Err(SendError::Failed(e) | SendError::TooLarge(e)) => panic!("send failed: {e}"),
             }
         }
     }
@@ -158,7 +158,7 @@ async fn a_record_over_the_size_limit_is_refused_with_the_reason() {
     let key: Arc<str> = Arc::from("in/0");
     // Data of exactly 1 MiB: with the key it is over.
     match sink.send(&key, &vec![b'x'; 1024 * 1024]) {
-        Err(SendError::Failed(e)) => {
+        Err(SendError::TooLarge(e)) => {
             assert!(e.contains(&stream), "{e}");
             assert!(e.contains("1048580 bytes"), "{e}");
             assert!(e.contains("limit of 1048576 bytes per record"), "{e}");

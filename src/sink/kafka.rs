@@ -107,7 +107,9 @@ pub struct Placement {
 pub enum SendError {
     /// librdkafka's queue is full: wait for deliveries and send again.
     Full,
-    /// The record cannot be sent at all (unknown partition, too large, fatal producer state).
+    /// The record is larger than the producer's `message.max.bytes`: it can never be sent.
+    TooLarge(String),
+    /// The record cannot be sent at all (unknown partition, fatal producer state).
     Failed(String),
 }
 
@@ -199,6 +201,13 @@ impl KafkaTopic {
             Ok(f) => Ok(Delivery(f)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(SendError::Full)
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                Err(SendError::TooLarge(format!(
+                    "the record ({} bytes) is larger than the producer's message.max.bytes for `{}`",
+                    payload.len(),
+                    self.topic
+                )))
             }
             Err((e, _)) => Err(SendError::Failed(format!(
                 "cannot send to `{}` partition {}: {e}",

@@ -36,7 +36,8 @@
 //!
 //! A record that cannot fit (data + partition key over the stream's maximum record size, 1 MiB
 //! unless the stream was configured larger; a partition key outside 1..=256 characters) is
-//! refused at [`KinesisStream::send`] with [`SendError::Failed`].
+//! refused at [`KinesisStream::send`] with [`SendError::TooLarge`] (the pipeline makes the event a
+//! dead letter) or [`SendError::Failed`].
 
 use crate::config::RetryPolicy;
 use crate::kinesis::aws::{self, AwsSettings};
@@ -135,7 +136,9 @@ pub enum KinesisSinkError {
 pub enum SendError {
     /// `max_in_flight` records are queued or in flight: wait for deliveries and send again.
     Full,
-    /// This record cannot be sent at all (too large, a bad partition key, the sink stopped).
+    /// This record is larger than the stream takes (data + partition key).
+    TooLarge(String),
+    /// This record cannot be sent at all (a bad partition key, the sink stopped).
     Failed(String),
 }
 
@@ -365,7 +368,13 @@ impl KinesisStream {
             self.max_record_bytes,
             &self.stream,
         )
-        .map_err(SendError::Failed)?;
+        .map_err(|e| {
+            if partition_key.len() + data.len() > self.max_record_bytes {
+                SendError::TooLarge(e)
+            } else {
+                SendError::Failed(e)
+            }
+        })?;
         if self.shared.stopped.load(Relaxed) {
             return Err(SendError::Failed(format!(
                 "the Kinesis sink for `{}` has stopped",
