@@ -285,7 +285,7 @@ impl<'t, 'i> Slots<'t, 'i> {
             }
             first = false;
             let n = &skel.nodes[c as usize];
-            out.extend_from_slice(n.key_json.as_bytes());
+            json::push_bytes(out, n.key_json.as_bytes());
             if n.leaf {
                 if let Some(v) = &self.vals[c as usize] {
                     if n.plain || red.is_none() {
