@@ -72,6 +72,12 @@ enum Tok {
         min: usize,
         one: bool,
         maximal: bool,
+        /// The first byte of the literal that follows (lowercase when case-insensitive):
+        /// backtracking tries only the run lengths it could follow.
+        then: Option<u8>,
+        /// A class of all bytes but one to three (`[^/]`, `[^"/]`, `.`): runs end at the first
+        /// excluded byte, found with memchr.
+        stops: Option<Vec<u8>>,
     },
     /// `(?:[^"\\]|\\.)*`: the body of a JSON string (escapes kept).
     JStr,
@@ -83,6 +89,8 @@ enum Tok {
 #[derive(Debug)]
 struct Fast {
     toks: Vec<Tok>,
+    /// The leading literal's searcher, for unanchored case-sensitive patterns.
+    finder: Option<memchr::memmem::Finder<'static>>,
     anchored: bool,
     ci: bool,
     /// `(?i)` or `\s`: non-ASCII haystacks go to the regex.
@@ -222,6 +230,11 @@ impl Fast {
                 min,
                 one,
                 maximal: false,
+                then: None,
+                stops: {
+                    let out: Vec<u8> = (0..=255u8).filter(|&x| !set[x as usize]).collect();
+                    (!out.is_empty() && out.len() <= 3).then_some(out)
+                },
             });
         }
         if groups != 1 {
@@ -256,22 +269,35 @@ impl Fast {
                 ) => *min >= 1 && (0..256).all(|x| !(set[x] && next_set[x])),
                 _ => false,
             };
+            let then = match next {
+                Some(Tok::Lit(l)) => Some(l[0]),
+                _ => None,
+            };
             if let Tok::Class {
                 maximal: m,
                 set,
                 one,
+                then: t,
                 ..
             } = &mut toks[k]
             {
                 *m = maximal;
+                *t = then;
                 // A single or backtracked class could split a multi-byte character.
                 if (*one || !maximal) && set[128..].iter().any(|x| *x) {
                     unicode_sensitive = true;
                 }
             }
         }
+        let finder = match toks.iter().find(|t| !matches!(t, Tok::Open)) {
+            Some(Tok::Lit(l)) if !anchored && !ci => {
+                Some(memchr::memmem::Finder::new(l.as_slice()).into_owned())
+            }
+            _ => None,
+        };
         Some(Fast {
             toks,
+            finder,
             anchored,
             ci,
             unicode_sensitive,
@@ -286,21 +312,33 @@ impl Fast {
         if self.anchored {
             return Some(self.at(0, h, 0, &mut cap).then_some(cap));
         }
-        let first = self.toks.iter().find_map(|t| match t {
-            Tok::Lit(l) => Some(l[0]),
+        let lit = self.toks.iter().find_map(|t| match t {
+            Tok::Lit(l) => Some(l.as_slice()),
             _ => None,
         })?;
-        let upper = if self.ci {
-            first.to_ascii_uppercase()
-        } else {
-            first
-        };
+        // Start positions: where the leading literal occurs (found with memmem, or by its
+        // first byte in either case and a compare), so the matcher runs only there.
         let mut pos = 0;
         while pos < h.len() {
-            let Some(off) = memchr::memchr2(first, upper, &h[pos..]) else {
-                break;
-            };
-            pos += off;
+            if let Some(f) = &self.finder {
+                match f.find(&h[pos..]) {
+                    Some(off) => pos += off,
+                    None => break,
+                }
+            } else {
+                let (first, upper) = (lit[0], lit[0].to_ascii_uppercase());
+                match memchr::memchr2(first, upper, &h[pos..]) {
+                    Some(off) => pos += off,
+                    None => break,
+                }
+                if !h
+                    .get(pos..pos + lit.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(lit))
+                {
+                    pos += 1;
+                    continue;
+                }
+            }
             if self.at(0, h, pos, &mut cap) {
                 return Some(Some(cap));
             }
@@ -330,20 +368,40 @@ impl Fast {
                 min,
                 one,
                 maximal,
+                then,
+                stops,
             } => {
-                let limit = if *one { 1 } else { usize::MAX };
-                let run = h[pos..]
-                    .iter()
-                    .take(limit)
-                    .take_while(|&&c| set[c as usize])
-                    .count();
+                let rest = &h[pos..];
+                let run = match stops {
+                    Some(st) if !*one => match st[..] {
+                        [a] => memchr::memchr(a, rest),
+                        [a, b] => memchr::memchr2(a, b, rest),
+                        [a, b, c] => memchr::memchr3(a, b, c, rest),
+                        _ => None,
+                    }
+                    .unwrap_or(rest.len()),
+                    _ => {
+                        let limit = if *one { 1 } else { usize::MAX };
+                        rest.iter()
+                            .take(limit)
+                            .take_while(|&&c| set[c as usize])
+                            .count()
+                    }
+                };
                 if run < *min {
                     return false;
                 }
                 if *maximal {
                     return self.at(k + 1, h, pos + run, cap);
                 }
-                (*min..=run).rev().any(|n| self.at(k + 1, h, pos + n, cap))
+                (*min..=run).rev().any(|n| {
+                    let fits = match (then, h.get(pos + n)) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(t), Some(c)) => *c == *t || (self.ci && c.to_ascii_lowercase() == *t),
+                    };
+                    fits && self.at(k + 1, h, pos + n, cap)
+                })
             }
             Tok::JStr => {
                 let mut i = pos;
