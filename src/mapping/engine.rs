@@ -248,7 +248,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         match &f.source {
             SourceP::Const(c) => Ok(Some((Self::constant(c), None))),
             SourceP::Template(pieces) => {
-                let mut s = String::new();
+                let mut s = String::with_capacity(64);
                 for p in pieces {
                     match p {
                         Piece::Lit(l) => s.push_str(l),
@@ -262,7 +262,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 Ok(Some((Out::Str(Cow::Owned(s)), None)))
             }
             SourceP::Join(paths, sep) => {
-                let mut s = String::new();
+                let mut s = String::with_capacity(64);
                 let mut any = false;
                 for path in paths {
                     if let Some(v) = self.get(path, elem) {
@@ -284,7 +284,8 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 let Some(arr) = self.get(path, elem) else {
                     return Ok(None);
                 };
-                let mut items = Vec::new();
+                // Sized once: growing these vectors cost more than filling them.
+                let mut items = Vec::with_capacity(arr.len().max(1));
                 // An object stands for a one-element array.
                 let single = (!arr.is_array()).then_some(arr);
                 let elems = arr.elements().filter(|e| !e.is_null()).chain(single);
@@ -296,7 +297,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     && path.root == Root::Record
                     && (path.node as usize) < self.memo.len();
                 for e in elems {
-                    let mut obj = Out::obj();
+                    let mut obj = Out::Obj(Vec::with_capacity(fields.len()));
                     let sub_elem = if through_memo { None } else { Some(e) };
                     for sub in fields {
                         self.assign(sub, &mut Target::Tree(&mut obj), sub_elem)?;
