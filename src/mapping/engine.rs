@@ -322,6 +322,36 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         }
     }
 
+    /// A plain copy (`from` alone) into the event: no transform, lookup or condition. Small
+    /// and inlined into the field loop, so that most fields skip `assign`'s frame.
+    #[inline(always)]
+    fn assign_plain(
+        &mut self,
+        f: &FieldP,
+        paths: &[SrcPath],
+        s: &mut Slots<'t, 'i>,
+        sk: &Skeleton,
+        elem: Option<Src<'t, 'i>>,
+    ) -> Result<(), RecordError> {
+        if s.has(f.slot) {
+            return Ok(());
+        }
+        for path in paths {
+            if let Some(src) = self.get(path, elem) {
+                let v = if f.kind == LeafKind::String && src.as_str().is_some() {
+                    Out::Raw(src)
+                } else {
+                    coerce(Out::Raw(src), f.kind)
+                        .map_err(|why| field_err(f, format!("{why} (from `{}`)", path.text)))?
+                };
+                s.put(sk, f.slot, v);
+                self.mark(path.node);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Assigns one field into `target` (the event, or an `each` element object).
     fn assign(
         &mut self,
@@ -330,26 +360,8 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         elem: Option<Src<'t, 'i>>,
     ) -> Result<(), RecordError> {
         if f.simple {
-            // A plain copy (`from` alone) into the event: no transform, lookup or condition.
             if let (SourceP::Paths(paths), Target::Slots(s, sk)) = (&f.source, &mut *target) {
-                if s.has(f.slot) {
-                    return Ok(());
-                }
-                for path in paths {
-                    if let Some(src) = self.get(path, elem) {
-                        let v = if f.kind == LeafKind::String && src.as_str().is_some() {
-                            Out::Raw(src)
-                        } else {
-                            coerce(Out::Raw(src), f.kind).map_err(|why| {
-                                field_err(f, format!("{why} (from `{}`)", path.text))
-                            })?
-                        };
-                        s.put(sk, f.slot, v);
-                        self.mark(path.node);
-                        return Ok(());
-                    }
-                }
-                return Ok(());
+                return self.assign_plain(f, paths, s, sk, elem);
             }
         }
         if target.has(&f.to, f.slot) {
@@ -1085,7 +1097,12 @@ impl Plan {
             slots.put(sk, h.type_uid, Out::Int(info.uid * 100 + activity));
             slots.put(sk, h.type_name, s(type_name));
             for f in &class.fields {
-                run.assign(f, &mut Target::Slots(&mut slots, sk), None)?;
+                match &f.source {
+                    SourceP::Paths(paths) if f.simple => {
+                        run.assign_plain(f, paths, &mut slots, sk, None)?
+                    }
+                    _ => run.assign(f, &mut Target::Slots(&mut slots, sk), None)?,
+                }
             }
             for (id_slot, caption_slot, caption) in [
                 (

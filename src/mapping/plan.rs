@@ -95,6 +95,7 @@ impl Trie {
         cur
     }
 
+    #[inline]
     pub fn child(&self, node: u32, key: &str) -> Option<u32> {
         let n = &self.nodes[node as usize];
         if let Some(ix) = &n.index {

@@ -198,6 +198,7 @@ impl<'t, 'i> Slots<'t, 'i> {
         self.vals.get(slot as usize).and_then(Option::as_ref)
     }
 
+    #[inline]
     pub fn put(&mut self, skel: &Skeleton, slot: u32, v: Out<'t, 'i>) {
         let cell = &mut self.vals[slot as usize];
         if cell.is_none() {
