@@ -352,6 +352,29 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         Ok(())
     }
 
+    /// A constant (`value`, maybe under `when`) into the event, inlined like `assign_plain`.
+    #[inline(always)]
+    fn assign_const(
+        &mut self,
+        f: &FieldP,
+        c: &ConstV,
+        s: &mut Slots<'t, 'i>,
+        sk: &Skeleton,
+    ) -> Result<(), RecordError> {
+        if s.has(f.slot) {
+            return Ok(());
+        }
+        if let Some(w) = &f.when {
+            if !self.cond(w, None) {
+                return Ok(());
+            }
+        }
+        let v = coerce(Self::constant(c), f.kind)
+            .map_err(|why| field_err(f, format!("{why} (from `a constant`)")))?;
+        s.put(sk, f.slot, v);
+        Ok(())
+    }
+
     /// Assigns one field into `target` (the event, or an `each` element object).
     fn assign(
         &mut self,
@@ -1101,6 +1124,7 @@ impl Plan {
                     SourceP::Paths(paths) if f.simple => {
                         run.assign_plain(f, paths, &mut slots, sk, None)?
                     }
+                    SourceP::Const(c) if f.konst => run.assign_const(f, c, &mut slots, sk)?,
                     _ => run.assign(f, &mut Target::Slots(&mut slots, sk), None)?,
                 }
             }

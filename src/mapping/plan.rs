@@ -284,6 +284,8 @@ pub struct FieldP {
     pub check: bool,
     /// `from` alone: the engine copies the first present path, nothing else to do.
     pub simple: bool,
+    /// `value`, maybe with `when`, and nothing else: the engine writes the constant.
+    pub konst: bool,
 }
 
 /// Skeleton slots the engine itself writes.
@@ -779,8 +781,15 @@ impl Compiler<'_> {
             && f.default.is_none()
             && otherwise.is_none()
             && when.is_none();
+        let konst = matches!(source, SourceP::Const(_))
+            && transform == Transform::None
+            && extract.is_none()
+            && lookup.is_none()
+            && f.default.is_none()
+            && otherwise.is_none();
         Ok(FieldP {
             simple,
+            konst,
             line,
             to_text: leak(f.to.get_ref()),
             to,
