@@ -12,6 +12,9 @@
 
 use regex::Regex;
 
+/// Longest haystack given to the hand matcher (resource ids, ARNs and URIs are far shorter).
+const FAST_MAX_LEN: usize = 1024;
+
 /// A compiled `extract`: the regex, and the hand matcher when the pattern allows one.
 #[derive(Debug)]
 pub struct Extract {
@@ -37,7 +40,10 @@ impl Extract {
     /// Capture group 1 of the leftmost-first match, as `Regex::captures` gives it.
     pub fn capture<'s>(&self, s: &'s str) -> Option<&'s str> {
         if let Some(f) = &self.fast {
-            if !f.unicode_sensitive || s.is_ascii() {
+            // The hand matcher backtracks, so its worst case grows with the square of the
+            // input; the regex crate is linear whatever the input. Long (or hostile) values go
+            // to the regex.
+            if s.len() <= FAST_MAX_LEN && (!f.unicode_sensitive || s.is_ascii()) {
                 match f.capture(s.as_bytes()) {
                     Some(None) => return None,
                     Some(Some((a, b))) => {
@@ -625,5 +631,17 @@ mod tests {
             assert!(e.is_fast(), "{p}");
             assert_eq!(e.capture(h), *want, "{p} on {h}");
         }
+    }
+
+    #[test]
+    fn long_values_go_to_the_linear_regex_and_agree() {
+        // A value that makes a backtracking matcher try every split: far over the limit, so
+        // the regex answers (and gives the same capture the hand matcher would).
+        let e = Extract::new("(?i)^(.*/userassignedidentities/[^/]+)").unwrap();
+        assert!(e.is_fast());
+        let long = format!("{}/userAssignedIdentities/id", "/x".repeat(50_000));
+        assert_eq!(e.capture(&long), Some(long.as_str()));
+        let hostile = "/".repeat(100_000);
+        assert_eq!(e.capture(&hostile), None);
     }
 }
