@@ -1153,26 +1153,42 @@ impl Plan {
                 ));
             }
             out.clear();
+            // Where `metadata.labels` would go, found while encoding: a fired rule splices
+            // the labels in there instead of encoding the event a second time.
+            let spot_slot = if h.labels != NEVER && !slots.has(h.labels) && red.is_some() {
+                h.labels
+            } else {
+                NEVER
+            };
             let before = red.as_ref().map_or(0, |r| r.counts.total());
-            slots.encode(sk, out, red.as_mut());
+            let spot = encode_event(&slots, sk, out, red.as_mut(), spot_slot);
             run.append_unmapped(&input, &self.trie, out, &mut red);
-            if let Some(r) = red.as_ref().filter(|r| r.counts.total() > before) {
-                // A value is missing on purpose: say so in the event, and which rules
-                // fired. Rare, so encoding twice is fine; the second pass redacts the
-                // same values again and the counts are restored after it.
+            if let Some(r) = red.as_mut().filter(|r| r.counts.total() > before) {
+                // A value is missing on purpose: say so in the event, and which rules fired.
                 if h.labels != NEVER {
                     let mut labels = vec![s("redacted")];
                     for (rule, _) in r.counts.iter() {
                         labels.push(Out::Str(Cow::Owned(format!("redacted:{rule}"))));
                     }
-                    slots.put(sk, h.labels, Out::Arr(labels));
-                    let saved = r.counts.clone();
-                    let mut again = red.take();
-                    out.clear();
-                    slots.encode(sk, out, again.as_mut());
-                    run.append_unmapped(&input, &self.trie, out, &mut again);
-                    if let Some(a) = again {
-                        *a.counts = saved;
+                    let labels = Out::Arr(labels);
+                    match spot {
+                        Some((pos, first)) => {
+                            splice_labels(out, pos, first, &sk.nodes[h.labels as usize], &labels, r)
+                        }
+                        None => {
+                            // Labels already set by the table (or no place found): encode
+                            // again; the second pass redacts the same values again and the
+                            // counts are restored after it.
+                            slots.put(sk, h.labels, labels);
+                            let saved = r.counts.clone();
+                            let mut again = red.take();
+                            out.clear();
+                            slots.encode(sk, out, again.as_mut());
+                            run.append_unmapped(&input, &self.trie, out, &mut again);
+                            if let Some(a) = again {
+                                *a.counts = saved;
+                            }
+                        }
                     }
                 }
             }
@@ -1193,6 +1209,102 @@ impl Plan {
         scratch_slots.2 = slots.written;
         result
     }
+}
+
+/// `Slots::encode` that also reports where the absent leaf `spot` would have been written:
+/// (offset in `out`, whether it would have been its object's first member).
+fn encode_event(
+    slots: &Slots<'_, '_>,
+    skel: &Skeleton,
+    out: &mut Vec<u8>,
+    mut red: Option<&mut Redact<'_>>,
+    spot: u32,
+) -> Option<(usize, bool)> {
+    if spot == NEVER {
+        slots.encode(skel, out, red);
+        return None;
+    }
+    let mut found = None;
+    encode_node(slots, skel, 0, out, &mut red, spot, &mut found);
+    found
+}
+
+/// What `Slots::encode_node` writes, watching for `spot`.
+fn encode_node(
+    slots: &Slots<'_, '_>,
+    skel: &Skeleton,
+    id: u32,
+    out: &mut Vec<u8>,
+    red: &mut Option<&mut Redact<'_>>,
+    spot: u32,
+    found: &mut Option<(usize, bool)>,
+) {
+    out.push(b'{');
+    let mut first = true;
+    for &c in &skel.nodes[id as usize].children {
+        if !slots.present[c as usize] {
+            if c == spot {
+                *found = Some((out.len(), first));
+            }
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let n = &skel.nodes[c as usize];
+        crate::json::push_bytes(out, n.key_json.as_bytes());
+        if n.leaf {
+            if let Some(v) = &slots.vals[c as usize] {
+                if n.plain || red.is_none() {
+                    match v {
+                        Out::Raw(src) if src.as_str().is_some() => {
+                            crate::json::write_str(out, src.as_str().unwrap_or_default())
+                        }
+                        _ => v.encode(out),
+                    }
+                } else {
+                    v.encode_redacted(out, red.as_deref_mut());
+                }
+            }
+        } else {
+            encode_node(slots, skel, c, out, red, spot, found);
+        }
+    }
+    out.push(b'}');
+}
+
+/// Inserts `"labels":[...]` at `pos` of an encoded event, as the encoder would have written
+/// it there (redacted like any other leaf, without counting: a second encode's counts were
+/// thrown away).
+fn splice_labels(
+    out: &mut Vec<u8>,
+    pos: usize,
+    first: bool,
+    node: &super::skeleton::SkelNode,
+    labels: &Out<'_, '_>,
+    r: &mut Redact<'_>,
+) {
+    let mut ins = Vec::with_capacity(96);
+    if !first {
+        ins.push(b',');
+    }
+    ins.extend_from_slice(node.key_json.as_bytes());
+    if node.plain {
+        labels.encode(&mut ins);
+    } else {
+        let mut scratch = crate::redact::RedactionCounts::default();
+        let mut quiet = Redact {
+            redactor: r.redactor,
+            counts: &mut scratch,
+            clean: r.clean.as_deref_mut(),
+        };
+        labels.encode_redacted(&mut ins, Some(&mut quiet));
+    }
+    if first && out.get(pos) != Some(&b'}') {
+        ins.push(b',');
+    }
+    out.splice(pos..pos, ins);
 }
 
 /// Reuses the slot vector for values of another lifetime without touching its elements.
