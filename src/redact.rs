@@ -387,7 +387,9 @@ struct Inner {
     trigger_ends: Box<[u64; 256]>,
     trigger_min_len: usize,
     patterns: Vec<PatternRule>,
-    text_filter: BigramFilter,
+    // Prefilter for `text_ac`: one table entry per bigram, two instructions
+    // per byte.
+    text_pairs: PairFilter,
     text_ac: AhoCorasick,
     actions: Vec<Vec<Action>>,
     min_text_len: usize,
@@ -910,13 +912,11 @@ fn compile(
             .min()
             .unwrap_or(0)
     };
-    let text_filter = BigramFilter::new(
-        &anchor_list
-            .iter()
-            .map(|(l, a)| (l.as_bytes(), false, anchor_min_len(a)))
-            .collect::<Vec<_>>(),
-        false,
-    );
+    let text_needles = anchor_list
+        .iter()
+        .map(|(l, a)| (l.as_bytes(), false, anchor_min_len(a)))
+        .collect::<Vec<_>>();
+    let text_pairs = PairFilter::new(&text_needles);
     let actions = anchor_list.into_iter().map(|(_, a)| a).collect();
 
     // Shortest string that could hold anything: `k=v` for the shortest key
@@ -956,7 +956,7 @@ fn compile(
         trigger_ends,
         trigger_min_len,
         patterns: patterns.into_iter().map(|(p, _)| p).collect(),
-        text_filter,
+        text_pairs,
         text_ac,
         actions,
         min_text_len,
@@ -1168,6 +1168,115 @@ struct BigramFilter {
     needles: Vec<Vec<(Box<[u8]>, bool)>>,
 }
 
+/// The text prefilter the hot path runs: one byte per possible bigram
+/// (64 KiB, indexed by the two bytes read as one little-endian `u16`), so the
+/// scan is one 16-bit load and one OR per byte, with no dependence between
+/// positions. Each entry holds the length classes (see `len_class`) in which a
+/// needle whose chosen bigram this is can still lead to a match; a string is a
+/// candidate when some bigram it contains allows the class of its length.
+/// Only ever says "maybe" for more strings than the needles occur in: every
+/// needle's chosen bigram (or, for a one-byte needle, that byte followed by
+/// anything or by the end) is in the table with a class mask covering every
+/// length at or above the needle's `min_len`.
+struct PairFilter {
+    table: Box<[u8; 65536]>,
+    // One-byte needles at the end of the string (no byte follows them).
+    last: [u8; 256],
+    // The class bit of each length (lengths past 255 share the top class).
+    len_class: [u8; 256],
+}
+
+impl PairFilter {
+    fn new(needles: &[(&[u8], bool, usize)]) -> PairFilter {
+        let mut seen = vec![0u32; 65536];
+        for v in TYPICAL_VALUES.split('\n') {
+            for w in v.as_bytes().windows(2) {
+                seen[usize::from(w[0]) << 8 | usize::from(w[1])] += 1;
+            }
+        }
+        // Class boundaries: up to 7 of the distinct `min_len`s below 256,
+        // spread over their range. Class c holds lengths in
+        // [bounds[c - 1], bounds[c]).
+        let mut lens: Vec<usize> = needles
+            .iter()
+            .map(|&(_, _, m)| m)
+            .filter(|&m| (1..256).contains(&m))
+            .collect();
+        lens.sort_unstable();
+        lens.dedup();
+        let mut bounds: Vec<usize> = if lens.len() <= 7 {
+            lens.clone()
+        } else {
+            (0..7).map(|i| lens[i * (lens.len() - 1) / 6]).collect()
+        };
+        bounds.dedup();
+        let class_of = |len: usize| bounds.iter().filter(|&&b| len >= b).count();
+        let mut len_class = [0u8; 256];
+        for (len, c) in len_class.iter_mut().enumerate() {
+            *c = 1 << class_of(len);
+        }
+        // The classes containing a length >= m: from class_of(m) up.
+        let mask_from = |m: usize| -> u8 { !((1u16 << class_of(m.min(255))) - 1) as u8 };
+        let mut f = PairFilter {
+            table: vec![0u8; 65536]
+                .into_boxed_slice()
+                .try_into()
+                .expect("65536 entries"),
+            last: [0; 256],
+            len_class,
+        };
+        let idx = |a: u8, b: u8| usize::from(u16::from_le_bytes([a, b]));
+        for &(needle, _, min_len) in needles {
+            let mask = mask_from(min_len);
+            match needle {
+                [] => {}
+                [c] => {
+                    f.last[usize::from(*c)] |= mask;
+                    for b in 0..=255u8 {
+                        f.table[idx(*c, b)] |= mask;
+                    }
+                }
+                _ => {
+                    let pair = needle
+                        .windows(2)
+                        .map(|w| (w[0], w[1]))
+                        .min_by_key(|&(a, b)| {
+                            let n = seen[usize::from(a) << 8 | usize::from(b)];
+                            (u64::from(n) << 32) | u64::from(byte_weight(a) * byte_weight(b))
+                        })
+                        .expect("needle has two bytes");
+                    f.table[idx(pair.0, pair.1)] |= mask;
+                }
+            }
+        }
+        f
+    }
+
+    /// Could `b` contain one of the needles, at a length that can match?
+    #[inline]
+    fn may_contain(&self, b: &[u8]) -> bool {
+        let t = &*self.table;
+        let at = |w: &[u8], i: usize| t[usize::from(u16::from_le_bytes([w[i], w[i + 1]]))];
+        let mut acc = 0u8;
+        // Eight bigrams per step: nine bytes, one bounds check.
+        let mut chunks = b;
+        while let [_, _, _, _, _, _, _, _, _, ..] = chunks {
+            let w = &chunks[..9];
+            acc |= at(w, 0) | at(w, 1) | at(w, 2) | at(w, 3);
+            acc |= at(w, 4) | at(w, 5) | at(w, 6) | at(w, 7);
+            chunks = &chunks[8..];
+        }
+        for w in chunks.windows(2) {
+            acc |= at(w, 0);
+        }
+        let Some(&end) = b.last() else {
+            return false;
+        };
+        acc |= self.last[usize::from(end)];
+        acc & self.len_class[b.len().min(255)] != 0
+    }
+}
+
 // Low-half bit of a single-byte needle; its high-half twin is set for every
 // byte, so "followed by anything (or the end)" always completes it.
 const SINGLE_BIT: u64 = 1 << 31;
@@ -1262,30 +1371,6 @@ impl BigramFilter {
         // the exact-length check.
         f.exact_bits &= !contains_bits;
         f
-    }
-
-    /// Could `b` contain one of the needles (case-sensitive, text form)?
-    #[inline]
-    fn may_contain(&self, b: &[u8]) -> bool {
-        let table = &*self.table;
-        let mut acc = 0u32;
-        let mut prev = 0u32;
-        for &c in b {
-            let e = &table[usize::from(c)];
-            acc |= prev & e[1];
-            prev = e[0];
-        }
-        acc |= prev & SINGLE_BIT as u32;
-        // Rarely reached: drop bits whose rules need a longer string (a bare
-        // 20-byte key id cannot hold an id-plus-secret pair).
-        while acc != 0 {
-            let slot = acc.trailing_zeros() as usize;
-            if b.len() >= self.min_len[slot] as usize {
-                return true;
-            }
-            acc &= acc - 1;
-        }
-        false
     }
 
     /// Bits of the needles the key, normalised, could match (0: none).
@@ -1641,6 +1726,12 @@ impl Redactor {
         out
     }
 
+    /// Whether `other` is this rule set (a clone of it): verdicts cached for one hold for
+    /// the other.
+    pub fn same_rules(&self, other: &Redactor) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Cheap pre-check for [`object_rules`](Self::object_rules): false when
     /// none of the keys is one an object, path or pair rule could redact.
     #[inline]
@@ -1682,7 +1773,7 @@ impl Redactor {
     #[inline]
     pub fn redact_text<'a>(&self, s: &'a str, counts: &mut RedactionCounts) -> Cow<'a, str> {
         let inner = &*self.inner;
-        if s.len() < inner.min_text_len || !inner.text_filter.may_contain(s.as_bytes()) {
+        if s.len() < inner.min_text_len || !inner.text_pairs.may_contain(s.as_bytes()) {
             return Cow::Borrowed(s);
         }
         self.redact_text_slow(s, counts)
@@ -1694,7 +1785,7 @@ impl Redactor {
     #[inline]
     pub fn text_might_match(&self, s: &str) -> bool {
         let inner = &*self.inner;
-        s.len() >= inner.min_text_len && inner.text_filter.may_contain(s.as_bytes())
+        s.len() >= inner.min_text_len && inner.text_pairs.may_contain(s.as_bytes())
     }
 
     /// [`redact_text`](Self::redact_text) for a string that
@@ -3571,7 +3662,7 @@ mod tests {
             "sha256:9b2a4c1d3e5f67890abcdef1234567890abcdef1234567890abcdef12345678",
         ] {
             assert!(
-                !r.inner.text_filter.may_contain(s.as_bytes()),
+                !r.inner.text_pairs.may_contain(s.as_bytes()),
                 "text filter fires on {s:?}"
             );
         }
