@@ -1256,7 +1256,12 @@ impl PairFilter {
     #[inline]
     fn may_contain(&self, b: &[u8]) -> bool {
         let t = &*self.table;
-        let at = |w: &[u8], i: usize| t[usize::from(u16::from_le_bytes([w[i], w[i + 1]]))];
+        // Read as one 16-bit load (separate byte loads would cost a shift and
+        // an add per position).
+        let at = |w: &[u8], i: usize| {
+            let pair: [u8; 2] = w[i..i + 2].try_into().expect("two bytes");
+            t[usize::from(u16::from_le_bytes(pair))]
+        };
         let mut acc = 0u8;
         // Eight bigrams per step: nine bytes, one bounds check.
         let mut chunks = b;
