@@ -555,6 +555,12 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         red: &mut Option<Redact<'_>>,
     ) -> bool {
         let mut any = false;
+        // The record's top level: trie children were found by the lookups already.
+        let known: Option<&[u32]> = match (&self.root_children, node) {
+            (Some(r), Some(RECORD_ROOT)) if r.len() == src.len() && skip.is_empty() => Some(r),
+            _ => None,
+        };
+        let verdicts = red.as_ref().and_then(|r| trie.key_verdicts(r.redactor));
         // Object and pair rules look at the whole object, used members included.
         let hits = match red {
             Some(r)
@@ -566,11 +572,6 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 r.redactor.object_rules(key, &members)
             }
             _ => Vec::new(),
-        };
-        // The record's top level: trie children were found by the lookups already.
-        let known: Option<&[u32]> = match (&self.root_children, node) {
-            (Some(r), Some(RECORD_ROOT)) if r.len() == src.len() && skip.is_empty() => Some(r),
-            _ => None,
         };
         for (i, (k, v)) in src.members().enumerate() {
             if v.is_null() {
@@ -600,7 +601,11 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             out.push(b':');
             if let Some(r) = red.as_mut() {
                 let rule = hits.iter().find(|h| h.0 == i).map(|h| h.1).or_else(|| {
-                    r.redactor.key_rule(k).filter(|&rule| {
+                    let by_key = match (child, verdicts) {
+                        (Some(c), Some(v)) => v[c as usize].rule,
+                        _ => r.redactor.key_rule(k),
+                    };
+                    by_key.filter(|&rule| {
                         !(r.redactor.descends_into_containers(rule)
                             && (v.is_object() || v.is_array()))
                     })

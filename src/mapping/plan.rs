@@ -41,6 +41,25 @@ pub struct TrieNode {
 #[derive(Debug, Default)]
 pub struct Trie {
     pub nodes: Vec<TrieNode>,
+    /// Redaction verdicts on each node's key, computed once for the first redactor that
+    /// asks (in practice the only one): writing `unmapped` then reads them instead of
+    /// running the key filters on every member of every record.
+    pub key_verdicts: std::sync::OnceLock<KeyVerdicts>,
+}
+
+/// What a redactor says about a trie node's key, by node id.
+#[derive(Debug)]
+pub struct KeyVerdicts {
+    redactor: crate::redact::Redactor,
+    pub nodes: Vec<KeyVerdict>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct KeyVerdict {
+    /// `object_might_match` on this key alone.
+    pub trigger: bool,
+    /// `key_rule` on this key.
+    pub rule: Option<crate::redact::RuleId>,
 }
 
 pub const RECORD_ROOT: u32 = 0;
@@ -66,7 +85,25 @@ impl Trie {
                 TrieNode::default(),
                 TrieNode::default(),
             ],
+            key_verdicts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The key verdicts of `r`, when it is the redactor they were computed for.
+    #[inline]
+    pub fn key_verdicts(&self, r: &crate::redact::Redactor) -> Option<&[KeyVerdict]> {
+        let v = self.key_verdicts.get_or_init(|| KeyVerdicts {
+            redactor: r.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| KeyVerdict {
+                    trigger: r.object_might_match(&mut std::iter::once(n.key)),
+                    rule: r.key_rule(n.key),
+                })
+                .collect(),
+        });
+        v.redactor.same_rules(r).then_some(v.nodes.as_slice())
     }
 
     fn intern(&mut self, from: u32, segs: &[&'static str]) -> u32 {
