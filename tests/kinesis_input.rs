@@ -205,6 +205,61 @@ fn check_order(uids: &[String]) -> BTreeMap<String, Vec<usize>> {
     per_key
 }
 
+/// Records under a set of partition keys, each key's records numbered in order (the uid is
+/// `<tag>-<key>-<i>`), put round by round.
+struct Feeder {
+    tag: &'static str,
+    keys: Vec<String>,
+    next: Vec<usize>,
+    templates: Vec<String>,
+}
+
+impl Feeder {
+    fn new(tag: &'static str, keys: Vec<String>) -> Feeder {
+        Feeder {
+            tag,
+            next: vec![0; keys.len()],
+            keys,
+            templates: templates(),
+        }
+    }
+
+    /// Puts `n` records per key, keys interleaved, in one PutRecords sequence.
+    fn put_round(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        client: &aws_sdk_kinesis::Client,
+        stream: &str,
+        n: usize,
+    ) {
+        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+        for _ in 0..n {
+            for (k, key) in self.keys.iter().enumerate() {
+                let i = self.next[k];
+                recs.push((
+                    key.clone(),
+                    record(&self.templates, i, &id(self.tag, key, i)),
+                ));
+                self.next[k] += 1;
+            }
+        }
+        let refs: Vec<(&str, &[u8])> = recs
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.as_slice()))
+            .collect();
+        rt.block_on(kc::put_records(client, stream, &refs));
+    }
+
+    /// Every uid put so far.
+    fn all(&self) -> BTreeSet<String> {
+        self.keys
+            .iter()
+            .enumerate()
+            .flat_map(|(k, key)| (0..self.next[k]).map(move |i| id(self.tag, key, i)))
+            .collect()
+    }
+}
+
 async fn leases(dynamo: &str, table: &str) -> Vec<Lease> {
     let store = LeaseStore::Dynamo(DynamoLeases {
         client: kc::dynamodb_client(dynamo),
@@ -343,25 +398,9 @@ fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
     let client = kc::kinesis_client(&kinesis);
     let stream = kc::unique("reshard");
     let table = kc::unique("leases");
-    let t = templates();
-    let keys: Vec<String> = (0..16).map(|k| format!("k{k:02}")).collect();
-    let mut next = vec![0usize; keys.len()];
-    let mut put_round = |rt: &tokio::runtime::Runtime, n: usize| {
-        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
-        for _ in 0..n {
-            for (k, key) in keys.iter().enumerate() {
-                recs.push((key.clone(), record(&t, next[k], &id("r", key, next[k]))));
-                next[k] += 1;
-            }
-        }
-        let refs: Vec<(&str, &[u8])> = recs
-            .iter()
-            .map(|(k, d)| (k.as_str(), d.as_slice()))
-            .collect();
-        rt.block_on(kc::put_records(&client, &stream, &refs));
-    };
+    let mut feed = Feeder::new("r", (0..16).map(|k| format!("k{k:02}")).collect());
     rt.block_on(kc::create_stream(&client, &stream, 2));
-    put_round(&rt, 20);
+    feed.put_round(&rt, &client, &stream, 20);
     let dir = scratch("kinesis-reshard");
     let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
     let run = Running::start(&yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""));
@@ -374,18 +413,18 @@ fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
             .collect()
     });
     let (_low, high) = rt.block_on(kc::split_shard(&client, &stream, &shards[0]));
-    put_round(&rt, 20);
+    feed.put_round(&rt, &client, &stream, 20);
     // The upper child of the split and the old second shard are adjacent: merge them.
     rt.block_on(kc::merge_shards(&client, &stream, &high, &shards[1]));
-    put_round(&rt, 20);
-    let want = 60 * keys.len();
+    feed.put_round(&rt, &client, &stream, 20);
+    let want = 60 * feed.keys.len();
     let done = wait_until(Duration::from_secs(90), || lines(&out) >= want);
     std::thread::sleep(Duration::from_millis(500));
     let summary = run.stop().expect("clean stop");
     assert!(done, "{} of {want} events; {summary}", lines(&out));
     let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
     let order = check_order(&uids);
-    for key in &keys {
+    for key in &feed.keys {
         assert_eq!(
             order[&format!("r-{key}")],
             (0..60).collect::<Vec<_>>(),
@@ -476,25 +515,9 @@ fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
     let client = kc::kinesis_client(&kinesis);
     let stream = kc::unique("replicas");
     let table = kc::unique("leases");
-    let t = templates();
     rt.block_on(kc::create_stream(&client, &stream, 4));
-    let keys: Vec<String> = (0..8).map(|k| format!("k{k}")).collect();
-    let mut next = vec![0usize; keys.len()];
-    let mut put_round = |rt: &tokio::runtime::Runtime, n: usize| {
-        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
-        for _ in 0..n {
-            for (k, key) in keys.iter().enumerate() {
-                recs.push((key.clone(), record(&t, next[k], &id("x", key, next[k]))));
-                next[k] += 1;
-            }
-        }
-        let refs: Vec<(&str, &[u8])> = recs
-            .iter()
-            .map(|(k, d)| (k.as_str(), d.as_slice()))
-            .collect();
-        rt.block_on(kc::put_records(&client, &stream, &refs));
-    };
-    put_round(&rt, 50);
+    let mut feed = Feeder::new("x", (0..8).map(|k| format!("k{k}")).collect());
+    feed.put_round(&rt, &client, &stream, 50);
     let dir = scratch("kinesis-replicas");
     let conf = |name: &str| {
         yaml(
@@ -530,16 +553,12 @@ fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
         "leases: {:?}",
         rt.block_on(leases(&dynamo, &table))
     );
-    put_round(&rt, 50);
+    feed.put_round(&rt, &client, &stream, 50);
     std::thread::sleep(Duration::from_millis(300));
     a.child.kill().expect("SIGKILL a");
     let _ = a.child.wait();
-    put_round(&rt, 50);
-    let want: BTreeSet<String> = keys
-        .iter()
-        .enumerate()
-        .flat_map(|(k, key)| (0..next[k]).map(move |i| id("x", key, i)))
-        .collect();
+    feed.put_round(&rt, &client, &stream, 50);
+    let want = feed.all();
     let all = |a: &Proc, b: &Proc| {
         let mut u: BTreeSet<String> = BTreeSet::new();
         for p in [a, b] {
@@ -620,25 +639,9 @@ fn enhanced_fan_out_reads_every_shard_in_order_across_a_split() {
     let client = kc::kinesis_client(&kinesis);
     let stream = kc::unique("efo");
     let table = kc::unique("leases");
-    let t = templates();
-    let keys: Vec<String> = (0..8).map(|k| format!("e{k}")).collect();
-    let mut next = vec![0usize; keys.len()];
-    let mut put_round = |rt: &tokio::runtime::Runtime, n: usize| {
-        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
-        for _ in 0..n {
-            for (k, key) in keys.iter().enumerate() {
-                recs.push((key.clone(), record(&t, next[k], &id("f", key, next[k]))));
-                next[k] += 1;
-            }
-        }
-        let refs: Vec<(&str, &[u8])> = recs
-            .iter()
-            .map(|(k, d)| (k.as_str(), d.as_slice()))
-            .collect();
-        rt.block_on(kc::put_records(&client, &stream, &refs));
-    };
+    let mut feed = Feeder::new("f", (0..8).map(|k| format!("e{k}")).collect());
     rt.block_on(kc::create_stream(&client, &stream, 2));
-    put_round(&rt, 30);
+    feed.put_round(&rt, &client, &stream, 30);
     let dir = scratch("kinesis-efo");
     let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
     let extra = "    enhanced_fan_out: auditnorm-test";
@@ -651,21 +654,21 @@ fn enhanced_fan_out_reads_every_shard_in_order_across_a_split() {
         lines(&out)
     );
     // Records pushed while subscribed, then a split: the children are read after the parent.
-    put_round(&rt, 30);
+    feed.put_round(&rt, &client, &stream, 30);
     let first = rt.block_on(async {
         kc::open_shards(&client, &stream).await[0]
             .shard_id()
             .to_string()
     });
     rt.block_on(kc::split_shard(&client, &stream, &first));
-    put_round(&rt, 30);
-    let want = 90 * keys.len();
+    feed.put_round(&rt, &client, &stream, 30);
+    let want = 90 * feed.keys.len();
     let done = wait_until(Duration::from_secs(60), || lines(&out) >= want);
     let summary = run.stop().expect("clean stop");
     assert!(done, "{} of {want} events; {summary}", lines(&out));
     let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
     let order = check_order(&uids);
-    for key in &keys {
+    for key in &feed.keys {
         assert_eq!(
             order[&format!("f-{key}")],
             (0..90).collect::<Vec<_>>(),
