@@ -311,26 +311,14 @@ impl Reader {
 
     /// The shard has an ending sequence number (split or merged away).
     async fn closed(&self) -> bool {
-        let mut token: Option<String> = None;
-        loop {
-            let mut req = self.client.list_shards();
-            req = match &token {
-                Some(t) => req.next_token(t),
-                None => req.stream_name(self.stream.as_ref()),
-            };
-            let Ok(out) = req.send().await else {
-                return false;
-            };
-            if let Some(s) = out.shards().iter().find(|s| s.shard_id() == &*self.shard) {
-                return s
-                    .sequence_number_range()
-                    .is_some_and(|r| r.ending_sequence_number().is_some());
-            }
-            match out.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                _ => return false,
-            }
-        }
+        list_shards(&self.client, &self.stream)
+            .await
+            .ok()
+            .and_then(|shards| shards.into_iter().find(|s| s.shard_id() == &*self.shard))
+            .is_some_and(|s| {
+                s.sequence_number_range()
+                    .is_some_and(|r| r.ending_sequence_number().is_some())
+            })
     }
 
     /// Polling: GetShardIterator, then GetRecords in a loop.
@@ -424,6 +412,34 @@ impl Reader {
     }
 }
 
+/// Every shard of the stream (closed ones too), over ListShards' pages.
+async fn list_shards(
+    client: &Client,
+    stream: &str,
+) -> Result<Vec<aws_sdk_kinesis::types::Shard>, String> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = client.list_shards();
+        req = match &token {
+            Some(t) => req.next_token(t),
+            None => req.stream_name(stream),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| format!("ListShards on stream {stream}: {}", aws::describe(&e)))?;
+        token = out
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        shards.extend(out.shards.unwrap_or_default());
+        if token.is_none() {
+            return Ok(shards);
+        }
+    }
+}
+
 /// How long an enhanced fan-out subscription may bring nothing before the reader checks
 /// whether its shard was closed.
 const QUIET_CHECK: Duration = Duration::from_secs(3);
@@ -457,6 +473,21 @@ struct Held {
     last_write: Instant,
 }
 
+impl Held {
+    /// The checkpoint the lease is behind on: `SHARD_END` once a closed shard's every record
+    /// is acknowledged, else the lane's commit point when it moved since the last write.
+    fn due(&self) -> Option<Checkpoint> {
+        let p = lock(&self.progress);
+        if p.ended && p.read == p.acked {
+            Some(Checkpoint::End)
+        } else if p.acked.is_some() && p.acked != self.written {
+            p.acked.as_deref().map(|a| Checkpoint::After(a.to_string()))
+        } else {
+            None
+        }
+    }
+}
+
 struct Driver {
     plan: KinesisInputPlan,
     client: Client,
@@ -477,39 +508,20 @@ impl Driver {
     /// Creates a lease for every shard of the stream that has none.
     async fn sync_shards(&self) -> Result<usize, String> {
         let mut created = 0;
-        let mut token: Option<String> = None;
-        loop {
-            let mut req = self.client.list_shards();
-            req = match &token {
-                Some(t) => req.next_token(t),
-                None => req.stream_name(self.stream.as_ref()),
-            };
-            let out = req.send().await.map_err(|e| {
-                format!(
-                    "ListShards on stream {}: {}",
-                    self.stream,
-                    aws::describe(&e)
-                )
-            })?;
-            for s in out.shards() {
-                let mut parents: Vec<String> = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
-                    .into_iter()
-                    .flatten()
-                    .map(str::to_string)
-                    .collect();
-                parents.sort();
-                if self
-                    .store
-                    .create(s.shard_id(), &parents)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    created += 1;
-                }
-            }
-            match out.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                _ => break,
+        for s in list_shards(&self.client, &self.stream).await? {
+            let mut parents: Vec<String> = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                .into_iter()
+                .flatten()
+                .map(str::to_string)
+                .collect();
+            parents.sort();
+            if self
+                .store
+                .create(s.shard_id(), &parents)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                created += 1;
             }
         }
         Ok(created)
@@ -609,25 +621,19 @@ impl Driver {
             let Some(h) = self.held.get(&shard) else {
                 continue;
             };
-            let (ended, read, acked) = {
-                let p = lock(&h.progress);
-                if let Some(ms) = p.behind_ms {
-                    telemetry::lane_behind(&h.name, ms);
-                }
-                (p.ended, p.read.clone(), p.acked.clone())
-            };
-            let done = ended && read == acked;
+            if let Some(ms) = lock(&h.progress).behind_ms {
+                telemetry::lane_behind(&h.name, ms);
+            }
             let since = h.last_write.elapsed();
-            let write = if done {
-                Some(Checkpoint::End)
-            } else if acked.is_some()
-                && acked != h.written
-                && since >= self.plan.commit_interval.min(renew_every)
-            {
-                acked.as_deref().map(|a| Checkpoint::After(a.to_string()))
-            } else {
-                None
+            let write = match h.due() {
+                Some(Checkpoint::After(_))
+                    if since < self.plan.commit_interval.min(renew_every) =>
+                {
+                    None
+                }
+                due => due,
             };
+            let done = write == Some(Checkpoint::End);
             let r = match &write {
                 Some(cp) => self.store.checkpoint(&h.lease, cp).await,
                 None if since >= renew_every => self.store.renew(&h.lease).await,
@@ -638,8 +644,8 @@ impl Driver {
                     let h = self.held.get_mut(&shard).expect("held");
                     h.lease = l;
                     h.last_write = Instant::now();
-                    if let Some(Checkpoint::After(_)) = &write {
-                        h.written = acked;
+                    if let Some(Checkpoint::After(a)) = &write {
+                        h.written = Some(Arc::from(a.as_str()));
                     }
                     if done {
                         let h = self.held.remove(&shard).expect("held");
@@ -698,17 +704,7 @@ impl Driver {
         self.lanes.stop_all().await;
         let held = std::mem::take(&mut self.held);
         for (_, h) in held {
-            let (ended, read, acked) = {
-                let p = lock(&h.progress);
-                (p.ended, p.read.clone(), p.acked.clone())
-            };
-            let cp = if ended && read == acked {
-                Some(Checkpoint::End)
-            } else if acked.is_some() && acked != h.written {
-                acked.as_deref().map(|a| Checkpoint::After(a.to_string()))
-            } else {
-                None
-            };
+            let cp = h.due();
             let mut lease = h.lease.clone();
             if let Some(cp) = &cp {
                 match self.store.checkpoint(&lease, cp).await {
