@@ -170,32 +170,11 @@ impl Destination {
                 .map(|s| Destination::Lines(Mutex::new(s)))
                 .map_err(|e| PipelineError::Destination(format!("{}: {e}", t.name()))),
             DestinationPlan::Kinesis(k) => {
-                let mut attempt = 0;
-                loop {
-                    match KinesisStream::connect(k).await {
-                        Ok(t) => return Ok(Destination::Kinesis(t)),
-                        Err(e) if attempt >= settings.retry.budget => {
-                            return Err(PipelineError::Destination(e.to_string()))
-                        }
-                        Err(e) => {
-                            attempt += 1;
-                            let wait = settings.retry.delay(attempt);
-                            telemetry::destination_connect_retry(
-                                kind,
-                                attempt,
-                                settings.retry.budget,
-                                wait,
-                                &e.to_string(),
-                            );
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = shutdown.wait_for(|s| *s) => {
-                                    return Err(PipelineError::Destination(format!("{e}; stopped while retrying")));
-                                }
-                            }
-                        }
-                    }
-                }
+                let t = connect_with_retries(kind, settings, shutdown, || async {
+                    KinesisStream::connect(k).await.map_err(|e| e.to_string())
+                })
+                .await?;
+                Ok(Destination::Kinesis(t))
             }
             DestinationPlan::Kafka(k) => {
                 let timeout = settings.delivery_timeout.min(Duration::from_secs(10));
@@ -203,38 +182,14 @@ impl Destination {
                     DestinationKind::Output => "output",
                     DestinationKind::DeadLetter => "dead-letter",
                 };
-                let mut attempt = 0;
-                loop {
+                let t = connect_with_retries(kind, settings, shutdown, || async {
                     let k2 = k.clone();
-                    let r = tokio::task::spawn_blocking(move || {
-                        KafkaTopic::connect(&k2, what, timeout)
-                    })
-                    .await
-                    .map_err(|e| PipelineError::Destination(e.to_string()))?;
-                    match r {
-                        Ok(t) => return Ok(Destination::Kafka(t)),
-                        Err(e) if attempt >= settings.retry.budget => {
-                            return Err(PipelineError::Destination(e))
-                        }
-                        Err(e) => {
-                            attempt += 1;
-                            let wait = settings.retry.delay(attempt);
-                            telemetry::destination_connect_retry(
-                                kind,
-                                attempt,
-                                settings.retry.budget,
-                                wait,
-                                &e,
-                            );
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = shutdown.wait_for(|s| *s) => {
-                                    return Err(PipelineError::Destination(format!("{e}; stopped while retrying")));
-                                }
-                            }
-                        }
-                    }
-                }
+                    tokio::task::spawn_blocking(move || KafkaTopic::connect(&k2, what, timeout))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                })
+                .await?;
+                Ok(Destination::Kafka(t))
             }
         }
     }
@@ -308,6 +263,46 @@ impl Destination {
             Destination::Lines(s) => {
                 if let Err(e) = lock(s).flush() {
                     telemetry::destination_error(kind, &e);
+                }
+            }
+        }
+    }
+}
+
+/// Calls `connect` until it succeeds, waiting (the retry policy's backoff) between attempts;
+/// gives up after the retry budget, or when shutdown is asked for meanwhile.
+async fn connect_with_retries<T, F, Fut>(
+    kind: DestinationKind,
+    settings: &LaneSettings,
+    shutdown: &mut watch::Receiver<bool>,
+    mut connect: F,
+) -> Result<T, PipelineError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut attempt = 0;
+    loop {
+        match connect().await {
+            Ok(t) => return Ok(t),
+            Err(e) if attempt >= settings.retry.budget => {
+                return Err(PipelineError::Destination(e))
+            }
+            Err(e) => {
+                attempt += 1;
+                let wait = settings.retry.delay(attempt);
+                telemetry::destination_connect_retry(
+                    kind,
+                    attempt,
+                    settings.retry.budget,
+                    wait,
+                    &e,
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|s| *s) => {
+                        return Err(PipelineError::Destination(format!("{e}; stopped while retrying")));
+                    }
                 }
             }
         }
