@@ -1150,22 +1150,7 @@ fn kinesis_output(
     at: &str,
     p: &mut Collect,
 ) -> DestinationPlan {
-    let (arn_region, name) = match stream_arn(&k.stream) {
-        Some((r, n)) => (Some(r.to_string()), n.to_string()),
-        None => (None, k.stream.clone()),
-    };
-    if k.stream.starts_with("arn:") && arn_region.is_none() {
-        p.push(
-            format!("{at}.stream"),
-            format!("`{}` is not a Kinesis stream ARN", k.stream),
-        );
-    } else if let Some(why) = stream_problem(&name) {
-        p.push(format!("{at}.stream"), why);
-    }
-    let aws = crate::kinesis::aws::AwsSettings {
-        region: k.region.clone().or(arn_region),
-        endpoint: k.endpoint.clone(),
-    };
+    let (name, aws) = kinesis_stream(&k.stream, &k.region, &k.endpoint, at, p);
     let mut s = crate::sink::kinesis::KinesisOutputSettings::new(name, aws);
     s.linger = k.linger.0;
     s.max_in_flight = lanes.in_flight.saturating_mul(4).max(1000);
@@ -1185,32 +1170,32 @@ fn default_worker_id() -> String {
     format!("{host}-{}-{:04x}", std::process::id(), nanos & 0xffff)
 }
 
-fn kinesis_input(
-    k: &KinesisInputSpec,
-    lanes: &LaneSettings,
-    base: &Path,
+/// A stream named by name or ARN: its name, and where to call it (the ARN's region unless a
+/// region is given, which must then agree).
+fn kinesis_stream(
+    stream: &str,
+    region: &Option<String>,
+    endpoint: &Option<String>,
+    at: &str,
     p: &mut Collect,
-    later: &mut Collect,
-) -> KinesisInputPlan {
-    let at = "input.kinesis";
-    let (arn_region, stream) = match stream_arn(&k.stream) {
+) -> (String, crate::kinesis::aws::AwsSettings) {
+    let (arn_region, name) = match stream_arn(stream) {
         Some((r, n)) => (Some(r.to_string()), n.to_string()),
-        None if k.stream.starts_with("arn:") => {
+        None if stream.starts_with("arn:") => {
             p.push(
                 format!("{at}.stream"),
                 format!(
-                    "`{}` is not a Kinesis stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)",
-                    k.stream
+                    "`{stream}` is not a Kinesis stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)"
                 ),
             );
-            (None, k.stream.clone())
+            (None, stream.to_string())
         }
-        None => (None, k.stream.clone()),
+        None => (None, stream.to_string()),
     };
-    if let Some(why) = stream_problem(&stream) {
+    if let Some(why) = stream_problem(&name) {
         p.push(format!("{at}.stream"), why);
     }
-    if let (Some(r), Some(a)) = (&k.region, &arn_region) {
+    if let (Some(r), Some(a)) = (region, &arn_region) {
         if r != a {
             p.push(
                 format!("{at}.region"),
@@ -1219,9 +1204,21 @@ fn kinesis_input(
         }
     }
     let aws = crate::kinesis::aws::AwsSettings {
-        region: k.region.clone().or(arn_region),
-        endpoint: k.endpoint.clone(),
+        region: region.clone().or(arn_region),
+        endpoint: endpoint.clone(),
     };
+    (name, aws)
+}
+
+fn kinesis_input(
+    k: &KinesisInputSpec,
+    lanes: &LaneSettings,
+    base: &Path,
+    p: &mut Collect,
+    later: &mut Collect,
+) -> KinesisInputPlan {
+    let at = "input.kinesis";
+    let (stream, aws) = kinesis_stream(&k.stream, &k.region, &k.endpoint, at, p);
     let start = match (k.starting_position, &k.starting_timestamp) {
         (StartingPosition::TrimHorizon, None) => StartPlan::TrimHorizon,
         (StartingPosition::Latest, None) => StartPlan::Latest,
