@@ -515,15 +515,7 @@ impl DynamoLeases {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        self.written(
-            "UpdateItem (take)",
-            r.map(|o| o.attributes).map_err(|e| {
-                let refused = e
-                    .as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception());
-                (refused, describe(&e))
-            }),
-        )
+        self.written("UpdateItem (take)", r)
     }
 
     /// A write by the owner: renew, checkpoint, or release.
@@ -566,27 +558,34 @@ impl DynamoLeases {
                 .expression_attribute_values(":zero", n(0));
         }
         let r = req.send().await;
-        self.written(
-            "UpdateItem",
-            r.map(|o| o.attributes).map_err(|e| {
-                let refused = e
-                    .as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception());
-                (refused, describe(&e))
-            }),
-        )
+        self.written("UpdateItem", r)
     }
 
+    /// The outcome of a conditional UpdateItem: the lease as written, or `None` when the
+    /// condition refused it.
     fn written(
         &self,
         op: &'static str,
-        r: Result<Option<HashMap<String, AttributeValue>>, (bool, String)>,
+        r: Result<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+            aws_sdk_dynamodb::error::SdkError<
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+                aws_sdk_dynamodb::config::http::HttpResponse,
+            >,
+        >,
     ) -> Result<Written, LeaseError> {
         match r {
-            Ok(Some(item)) => self.parse(&item).map(Some),
-            Ok(None) => Err(self.err(op, "no attributes returned".into())),
-            Err((true, _)) => Ok(None),
-            Err((false, reason)) => Err(self.err(op, reason)),
+            Ok(o) => match o.attributes {
+                Some(item) => self.parse(&item).map(Some),
+                None => Err(self.err(op, "no attributes returned".into())),
+            },
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.err(op, describe(&e))),
         }
     }
 }
