@@ -24,6 +24,12 @@
 //! the input: hand-written scanners that only move forward, and `regex`
 //! (finite automata, no backtracking) confined to bounded windows that do not
 //! overlap by more than a constant.
+//!
+//! Dead letters that are not one JSON document (NDJSON, records cut short,
+//! damaged JSON) are read by a tolerant one-pass tokenizer into the span tree
+//! the rules walk, so object, path and pair rules apply to them too, and only
+//! secrets are replaced ([`Redactor::redact_bytes`]). Only dead letters pay
+//! for it.
 
 use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, HashSet};
@@ -56,6 +62,10 @@ const KEY_SCAN_MAX: usize = 128;
 // Embedded JSON deeper than this is scanned as plain text instead, which
 // keeps the recursive span parser's stack bounded.
 const MAX_JSON_DEPTH: usize = 64;
+// Dead letters only: how many layers of JSON carried in a string are decoded
+// and read as JSON (each layer is one more linear pass over at most the
+// bytes of the layer before).
+const MAX_DECODE_DEPTH: u8 = 3;
 // A shorter HMAC key makes low-entropy secrets (PINs, short passwords)
 // recoverable by brute force from the published tag.
 const MIN_HASH_KEY_LEN: usize = 16;
@@ -1690,27 +1700,22 @@ impl Redactor {
 
     /// Given the keys and string values of ONE object's direct members (in
     /// order), the member indexes that must be fully redacted by object,
-    /// path and pair rules. `parent_key` is the key the object sits under
-    /// (for objects inside an array, the array's key). Returns an empty,
-    /// unallocated Vec when nothing applies.
+    /// path and pair rules, in ascending index order. `parent_key` is the key
+    /// the object sits under (for objects inside an array, the array's key).
+    /// Returns an empty, unallocated Vec when nothing applies.
     pub fn object_rules(
         &self,
         parent_key: Option<&str>,
         members: &[(&str, Option<&str>)],
     ) -> Vec<(usize, RuleId)> {
         let mut out: Vec<(usize, RuleId)> = Vec::new();
-        let push = |out: &mut Vec<(usize, RuleId)>, i: usize, id: RuleId| {
-            if !out.iter().any(|&(j, _)| j == i) {
-                out.push((i, id));
-            }
-        };
         for rule in &self.inner.objects {
             if !rule.applies(parent_key, members) {
                 continue;
             }
             for (i, (k, _)) in members.iter().enumerate() {
                 if rule.redact.iter().any(|t| norm_eq(k, t)) {
-                    push(&mut out, i, rule.id);
+                    out.push((i, rule.id));
                 }
             }
         }
@@ -1724,10 +1729,15 @@ impl Redactor {
             }
             for (i, (k, _)) in members.iter().enumerate() {
                 if pair.values.iter().any(|t| norm_eq(k, t)) {
-                    push(&mut out, i, pair.id);
+                    out.push((i, pair.id));
                 }
             }
         }
+        // One entry per member, the first rule in file order naming it. Sorted
+        // and deduplicated at the end rather than checked per push: an object
+        // repeating one key many times (a damaged dead letter) stays n log n.
+        out.sort_by_key(|&(i, _)| i);
+        out.dedup_by_key(|&mut (i, _)| i);
         out
     }
 
@@ -1813,7 +1823,7 @@ impl Redactor {
             return Cow::Borrowed(s);
         };
         let mut edits = Vec::new();
-        self.scan_text(s, first.start(), &mut edits);
+        self.scan_text(s, first.start(), &mut edits, &[]);
         if edits.is_empty() {
             return Cow::Borrowed(s);
         }
@@ -1879,10 +1889,12 @@ impl Redactor {
         }
     }
 
-    /// Redacts the raw bytes of a dead letter. A JSON document, or NDJSON
-    /// lines, are parsed, redacted as trees and re-serialised (lines that do
-    /// not parse get text redaction); anything else is redacted as text
-    /// (invalid UTF-8 replaced by U+FFFD).
+    /// Redacts the raw bytes of a dead letter. A JSON document that parses is
+    /// redacted as a tree and re-serialised. Anything else (NDJSON, JSON cut
+    /// short or damaged, text) keeps its bytes and only the secrets in it are
+    /// replaced: key, object, path and pair rules apply to whatever JSON
+    /// structure can be read from it (see `TolerantParser`), text rules to
+    /// each line. Invalid UTF-8 is replaced by U+FFFD.
     pub fn redact_bytes(&self, raw: &[u8], counts: &mut RedactionCounts) -> Vec<u8> {
         let trimmed = raw.trim_ascii();
         if matches!(trimmed.first(), Some(b'{' | b'[')) {
@@ -1895,43 +1907,65 @@ impl Redactor {
                 return out;
             }
         }
-        if raw.contains(&b'\n') {
-            let mut out = Vec::with_capacity(raw.len() + 64);
-            for (i, line) in raw.split(|&b| b == b'\n').enumerate() {
-                if i > 0 {
-                    out.push(b'\n');
-                }
-                let (body, cr) = match line.strip_suffix(b"\r") {
-                    Some(b) => (b, true),
-                    None => (line, false),
-                };
-                self.redact_line(body, &mut out, counts);
-                if cr {
-                    out.push(b'\r');
-                }
-            }
-            return out;
+        let text = String::from_utf8_lossy(raw);
+        match self.redact_damaged(&text, counts) {
+            Some(out) => out.into_bytes(),
+            None => text.into_owned().into_bytes(),
         }
-        let mut out = Vec::with_capacity(raw.len());
-        self.redact_line(raw, &mut out, counts);
-        out
     }
 
-    fn redact_line(&self, line: &[u8], out: &mut Vec<u8>, counts: &mut RedactionCounts) {
-        let t = line.trim_ascii();
-        if matches!(t.first(), Some(b'{' | b'[')) {
-            if let Ok(mut v) = serde_json::from_slice::<Value>(t) {
-                self.redact_json(&mut v, counts);
-                serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
-                return;
+    /// The edits of `redact_bytes` for input that is not one JSON document,
+    /// applied; None when there are none. Dead letters only: the event path
+    /// never comes here.
+    fn redact_damaged(&self, s: &str, counts: &mut RedactionCounts) -> Option<String> {
+        let mut edits = Vec::new();
+        // Tree edits go first: where they cover the same bytes as a text
+        // edit, the rule that saw the object names the replacement.
+        let tree_keys = self.tolerant_json(s, 0, &mut edits);
+        let b = s.as_bytes();
+        let mut at = 0;
+        while at < b.len() {
+            let line_end = b[at..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |k| at + k);
+            let body_end = if line_end > at && b[line_end - 1] == b'\r' {
+                line_end - 1
+            } else {
+                line_end
+            };
+            let line = &s[at..body_end];
+            if self.text_might_match(line) {
+                if let Some(first) = self.inner.text_ac.find(line) {
+                    let lo = tree_keys.partition_point(|&k| k < at);
+                    let hi = tree_keys.partition_point(|&k| k < body_end);
+                    let keys: Vec<usize> = tree_keys[lo..hi].iter().map(|&k| k - at).collect();
+                    let mut line_edits = Vec::new();
+                    self.scan_text(line, first.start(), &mut line_edits, &keys);
+                    edits.extend(line_edits.into_iter().map(|mut e| {
+                        e.start += at;
+                        e.end += at;
+                        e
+                    }));
+                }
             }
+            at = line_end + 1;
         }
-        let text = String::from_utf8_lossy(line);
-        out.extend_from_slice(self.redact_text(&text, counts).as_bytes());
+        if edits.is_empty() {
+            return None;
+        }
+        Some(self.apply_edits(s, edits, counts))
     }
 }
 
 // ------------------------------------------------------------- tree walks
+
+/// The rule of member `i` in `object_rules`' answer (sorted by member).
+fn hit_of(hits: &[(usize, RuleId)], i: usize) -> Option<RuleId> {
+    hits.binary_search_by_key(&i, |h| h.0)
+        .ok()
+        .map(|at| hits[at].1)
+}
 
 impl Redactor {
     fn walk_json(&self, v: &mut Value, parent: Option<&str>, counts: &mut RedactionCounts) {
@@ -1970,7 +2004,7 @@ impl Redactor {
                     Vec::new()
                 };
                 for (i, (k, child)) in map.iter_mut().enumerate() {
-                    if let Some(&(_, rule)) = hits.iter().find(|h| h.0 == i) {
+                    if let Some(rule) = hit_of(&hits, i) {
                         self.redact_value(child, rule, counts);
                         continue;
                     }
@@ -2018,9 +2052,11 @@ struct Edit {
     end: usize,
     rule: RuleId,
     quote: Quote,
-    // The bytes are a JSON string body with escapes; hash the decoded value
-    // so the tag matches the one redact_json computes for the same secret.
-    json_escaped: bool,
+    // The bytes are a JSON string body with escapes, this many levels deep
+    // (2: a string inside a JSON document carried in a string); hash the
+    // decoded value so the tag matches the one redact_json computes for the
+    // same secret.
+    json_escaped: u8,
     // Where a position rule (key, object, pair) and a pattern cover the same
     // bytes, the position rule names the replacement: it is the more
     // specific statement about what the value is.
@@ -2034,7 +2070,7 @@ impl Edit {
             end,
             rule,
             quote: Quote::None,
-            json_escaped: false,
+            json_escaped: 0,
             from_pattern: false,
         }
     }
@@ -2224,7 +2260,11 @@ fn looks_random(t: &str) -> bool {
 }
 
 impl Redactor {
-    fn scan_text(&self, s: &str, from: usize, edits: &mut Vec<Edit>) {
+    /// `tree_keys`: ascending positions of the closing quotes of `"key":`
+    /// members that a JSON tree already judged with their object around them
+    /// (see `redact_damaged`); the textual scanner, which sees only the key,
+    /// leaves those alone so the verdict made in context stands.
+    fn scan_text(&self, s: &str, from: usize, edits: &mut Vec<Edit>, tree_keys: &[usize]) {
         let inner = &*self.inner;
         // A string that is itself a JSON document gets object, pair and path
         // rules too; its `"key":` members are then covered and the textual
@@ -2242,7 +2282,9 @@ impl Redactor {
                     Action::Assign => self.at_assign(s, p),
                     Action::Flag => self.at_flag(s, p),
                     Action::Header => self.at_header(s, p),
-                    Action::JsonKey if !json_doc => self.at_json_key(s, p, m.end()),
+                    Action::JsonKey if !json_doc && tree_keys.binary_search(&p).is_err() => {
+                        self.at_json_key(s, p, m.end())
+                    }
                     Action::JsonKey => None,
                     Action::EscapedJsonKey => self.at_escaped_json_key(s, p),
                     Action::Pattern(slot) => {
@@ -2373,7 +2415,7 @@ impl Redactor {
                     return None;
                 }
                 let mut e = Edit::new(vs + 1, end, rule);
-                e.json_escaped = b[vs + 1..end].contains(&b'\\');
+                e.json_escaped = u8::from(b[vs + 1..end].contains(&b'\\'));
                 Some((e, (end + 1).min(b.len())))
             }
             b'{' | b'[' => {
@@ -2528,7 +2570,7 @@ impl Redactor {
                 Some(last) if e.start < last.end => {
                     if e.end > last.end {
                         last.end = e.end;
-                        last.json_escaped = false;
+                        last.json_escaped = 0;
                     }
                 }
                 _ => merged.push(e),
@@ -2540,8 +2582,8 @@ impl Redactor {
             out.push_str(&s[last..e.start]);
             let raw = &s[e.start..e.end];
             let decoded;
-            let secret = if e.json_escaped && self.inner.mac.is_some() {
-                decoded = serde_json::from_str::<String>(&format!("\"{raw}\"")).ok();
+            let secret = if e.json_escaped > 0 && self.inner.mac.is_some() {
+                decoded = unescape_levels(raw, e.json_escaped);
                 decoded.as_deref().unwrap_or(raw)
             } else {
                 raw
@@ -2586,6 +2628,22 @@ impl Redactor {
         }
         out.push(']');
     }
+}
+
+/// `raw` with `levels` layers of JSON string escaping removed, or None when
+/// the first layer does not decode (a span cut inside an escape).
+fn unescape_levels(raw: &str, levels: u8) -> Option<String> {
+    let mut cur: Option<String> = None;
+    for _ in 0..levels {
+        let from = cur.as_deref().unwrap_or(raw);
+        match serde_json::from_str::<String>(&format!("\"{from}\"")) {
+            Ok(next) => cur = Some(next),
+            // A deeper layer that does not decode: the last good one is closer
+            // to what the event path hashes than the raw bytes.
+            Err(_) => break,
+        }
+    }
+    cur
 }
 
 fn looks_like_json(b: &[u8]) -> bool {
@@ -2768,7 +2826,446 @@ impl SpanParser<'_> {
     }
 }
 
+// ------------------------------------------- JSON that does not parse
+//
+// Dead letters are often JSON cut short (a truncated line, a delivery cut in
+// the middle of a record) or JSON with damage in it. Text rules alone miss
+// what only the object around a value tells (a Secret's `data`, SSM's
+// `value` next to `type: SecureString`, `{"name": "DB_PASSWORD", "value"}`),
+// so the damaged text is read into the same span tree the strict parser
+// makes, and `walk_span` applies the rules to it. One forward pass with an
+// explicit stack: containers still open at the end are closed there, a
+// string runs to its quote or to the end of its line (JSON strings hold no
+// raw newlines), and bytes that fit nowhere are stepped over.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Key,
+    Colon,
+    Value,
+    // A `,` or the closing bracket.
+    Next,
+}
+
+struct Frame {
+    obj: bool,
+    want: Want,
+    key: Option<(u32, u32)>,
+    members: Vec<SMember>,
+    items: Vec<u32>,
+}
+
+struct TolerantParser<'a> {
+    b: &'a [u8],
+    tree: SpanTree,
+    roots: Vec<u32>,
+    // Never deeper than MAX_JSON_DEPTH, so walk_span's recursion is bounded.
+    stack: Vec<Frame>,
+    // Containers opened past MAX_JSON_DEPTH: only counted, so the brackets
+    // and strings inside them do not disturb the frames below.
+    skipped: usize,
+    tree_keys: Vec<usize>,
+}
+
+#[inline]
+fn is_scalar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-')
+}
+
+impl TolerantParser<'_> {
+    /// Reads all of `b`. Returns the tree, its top-level values, and the
+    /// positions of the closing quotes of the member keys it holds.
+    fn parse(b: &[u8]) -> (SpanTree, Vec<u32>, Vec<usize>) {
+        let mut p = TolerantParser {
+            b,
+            tree: SpanTree::default(),
+            roots: Vec::new(),
+            stack: Vec::new(),
+            skipped: 0,
+            tree_keys: Vec::new(),
+        };
+        let mut i = 0;
+        let mut line_start = true;
+        let mut indented = false;
+        while i < b.len() {
+            let c = b[i];
+            match c {
+                b'\n' => {
+                    line_start = true;
+                    indented = false;
+                    i += 1;
+                    continue;
+                }
+                b' ' | b'\t' | b'\r' => {
+                    indented |= line_start;
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            if std::mem::take(&mut line_start)
+                && matches!(c, b'{' | b'[')
+                && p.starts_new_document(indented)
+            {
+                p.close_all();
+            }
+            if c == b'"' {
+                let (end, next, escaped) = string_span(b, i + 1);
+                if p.skipped == 0 {
+                    p.string(i + 1, end, escaped);
+                }
+                i = next;
+                continue;
+            }
+            if p.skipped > 0 {
+                match c {
+                    b'{' | b'[' => p.skipped += 1,
+                    b'}' | b']' => p.skipped -= 1,
+                    _ => {}
+                }
+                i += 1;
+                continue;
+            }
+            match c {
+                b'{' | b'[' => p.open(c == b'{', i),
+                b'}' | b']' => p.close(c == b'}'),
+                b':' => p.colon(),
+                b',' => p.comma(),
+                _ if is_scalar_byte(c) => {
+                    let start = i;
+                    while i < b.len() && is_scalar_byte(b[i]) {
+                        i += 1;
+                    }
+                    p.scalar(start, i);
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        p.close_all();
+        (p.tree, p.roots, p.tree_keys)
+    }
+
+    /// A `{` or `[` first on its line: NDJSON starts a new record there. Only
+    /// where pretty-printed JSON puts such a line (an array element, or an
+    /// indented member value) is it taken as part of the open document.
+    fn starts_new_document(&self, indented: bool) -> bool {
+        if self.skipped > 0 {
+            return !indented;
+        }
+        match self.stack.last() {
+            None => false,
+            Some(f) if f.want == Want::Value => !indented && (f.obj || self.stack.len() > 1),
+            Some(_) => true,
+        }
+    }
+
+    fn push_node(&mut self, n: SNode) -> u32 {
+        self.tree.nodes.push(n);
+        (self.tree.nodes.len() - 1) as u32
+    }
+
+    /// Hangs `node` in the innermost open container (top level: a root).
+    fn attach(&mut self, node: u32) {
+        let Some(f) = self.stack.last_mut() else {
+            self.roots.push(node);
+            return;
+        };
+        if f.obj {
+            if let Some((key_start, key_end)) = f.key.take() {
+                f.members.push(SMember {
+                    key_start,
+                    key_end,
+                    node,
+                });
+            }
+        } else {
+            f.items.push(node);
+        }
+        f.want = Want::Next;
+    }
+
+    /// Whether a value arriving now has a place: an object needs a pending
+    /// key (a missing `:` is forgiven), an array takes it (a missing `,` is
+    /// forgiven), the top level ignores scalars and strings.
+    fn takes_value(&self) -> bool {
+        match self.stack.last() {
+            None => false,
+            Some(f) if f.obj => matches!(f.want, Want::Value | Want::Colon),
+            Some(_) => true,
+        }
+    }
+
+    fn string(&mut self, start: usize, end: usize, escaped: bool) {
+        if let Some(f) = self.stack.last_mut() {
+            if f.obj && matches!(f.want, Want::Key | Want::Next) {
+                f.key = Some((start as u32, end as u32));
+                f.want = Want::Colon;
+                return;
+            }
+        }
+        if self.takes_value() {
+            let node = self.push_node(SNode::Str {
+                start: start as u32,
+                end: end as u32,
+                escaped,
+            });
+            self.attach(node);
+        }
+    }
+
+    fn scalar(&mut self, start: usize, end: usize) {
+        if !self.takes_value() {
+            return;
+        }
+        let node = if &self.b[start..end] == b"null" {
+            self.push_node(SNode::Null)
+        } else {
+            self.push_node(SNode::Scalar {
+                start: start as u32,
+                end: end as u32,
+            })
+        };
+        self.attach(node);
+    }
+
+    fn colon(&mut self) {
+        if let Some(f) = self.stack.last_mut() {
+            if f.obj && f.want == Want::Colon {
+                f.want = Want::Value;
+                if let Some((_, key_end)) = f.key {
+                    self.tree_keys.push(key_end as usize);
+                }
+            }
+        }
+    }
+
+    fn comma(&mut self) {
+        if let Some(f) = self.stack.last_mut() {
+            // A key that got no value is dropped.
+            f.key = None;
+            f.want = if f.obj { Want::Key } else { Want::Value };
+        }
+    }
+
+    fn open(&mut self, obj: bool, at: usize) {
+        if self.stack.len() >= MAX_JSON_DEPTH {
+            self.skipped = 1;
+            return;
+        }
+        if let Some(f) = self.stack.last_mut() {
+            if f.obj && f.key.is_none() {
+                // A container where a key belongs: kept under an empty key, so
+                // the rules still see inside it.
+                f.key = Some((at as u32, at as u32));
+            }
+        }
+        self.stack.push(Frame {
+            obj,
+            want: if obj { Want::Key } else { Want::Value },
+            key: None,
+            members: Vec::new(),
+            items: Vec::new(),
+        });
+    }
+
+    /// Closes the innermost open container of this kind, and any opened
+    /// inside it that were never closed; a bracket that closes nothing open
+    /// is ignored.
+    fn close(&mut self, obj: bool) {
+        let Some(at) = self.stack.iter().rposition(|f| f.obj == obj) else {
+            return;
+        };
+        while self.stack.len() > at {
+            self.finish_top();
+        }
+    }
+
+    fn close_all(&mut self) {
+        self.skipped = 0;
+        while !self.stack.is_empty() {
+            self.finish_top();
+        }
+    }
+
+    fn finish_top(&mut self) {
+        let Some(f) = self.stack.pop() else { return };
+        let node = if f.obj {
+            let first = self.tree.members.len() as u32;
+            let len = f.members.len() as u32;
+            self.tree.members.extend(f.members);
+            self.push_node(SNode::Obj { first, len })
+        } else {
+            let first = self.tree.items.len() as u32;
+            let len = f.items.len() as u32;
+            self.tree.items.extend(f.items);
+            self.push_node(SNode::Arr { first, len })
+        };
+        self.attach(node);
+    }
+}
+
+/// The body of the string whose opening quote is just before `from`: its end,
+/// where scanning resumes, and whether it holds escapes. A string cut off by
+/// the end of its line or of the input ends there. Every position returned is
+/// an ASCII byte or the end, so it is a char boundary.
+fn string_span(b: &[u8], from: usize) -> (usize, usize, bool) {
+    let mut i = from;
+    let mut escaped = false;
+    while i < b.len() {
+        match b[i] {
+            b'"' => return (i, i + 1, escaped),
+            b'\\' => {
+                escaped = true;
+                if b.get(i + 1).is_some_and(|&c| c != b'\n') {
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+            b'\n' => {
+                let end = if i > from && b[i - 1] == b'\r' {
+                    i - 1
+                } else {
+                    i
+                };
+                return (end, i, escaped);
+            }
+            _ => i += 1,
+        }
+    }
+    (b.len(), b.len(), escaped)
+}
+
+/// Decodes a JSON string body (escapes may be broken or cut off: they are
+/// then kept as they are). Returns the text and, for each of its bytes plus
+/// one past the end, the offset in `raw` it came from, so that spans found
+/// in the decoded text map back onto `raw`.
+fn decode_json_string(raw: &str) -> (String, Vec<u32>) {
+    let b = raw.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut map: Vec<u32> = Vec::with_capacity(b.len() + 1);
+    let hex4 = |at: usize| -> Option<u32> {
+        let h = b.get(at..at + 4)?;
+        if !h.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            let run_end = b[i..]
+                .iter()
+                .position(|&c| c == b'\\')
+                .map_or(b.len(), |k| i + k);
+            out.push_str(&raw[i..run_end]);
+            map.extend(i as u32..run_end as u32);
+            i = run_end;
+            continue;
+        }
+        let from = i;
+        let (ch, len) = match b.get(i + 1) {
+            Some(b'"') => ('"', 2),
+            Some(b'\\') => ('\\', 2),
+            Some(b'/') => ('/', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => match hex4(i + 2) {
+                Some(hi @ 0xd800..=0xdbff) => match (b.get(i + 6..i + 8), hex4(i + 8)) {
+                    (Some(b"\\u"), Some(lo @ 0xdc00..=0xdfff)) => {
+                        let cp = 0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00);
+                        (char::from_u32(cp).unwrap_or('\u{fffd}'), 12)
+                    }
+                    _ => ('\u{fffd}', 6),
+                },
+                Some(cp) => (char::from_u32(cp).unwrap_or('\u{fffd}'), 6),
+                None => ('\\', 1),
+            },
+            _ => ('\\', 1),
+        };
+        out.push(ch);
+        map.extend(std::iter::repeat_n(from as u32, ch.len_utf8()));
+        i += len;
+    }
+    map.push(b.len() as u32);
+    (out, map)
+}
+
 impl Redactor {
+    /// Key, object, path and pair rules over JSON that may be cut off or
+    /// damaged (see `TolerantParser`), plus, in every string that holds
+    /// escapes, the same again on its decoded value and the text rules (JSON
+    /// carried in a string is only visible decoded, and is cut off with the
+    /// record around it). `depth`: strings decoded to get `s`. Returns the
+    /// positions `scan_text` must leave to the tree.
+    fn tolerant_json(&self, s: &str, depth: u8, edits: &mut Vec<Edit>) -> Vec<usize> {
+        if s.len() > u32::MAX as usize {
+            return Vec::new();
+        }
+        let (tree, roots, tree_keys) = TolerantParser::parse(s.as_bytes());
+        for &root in &roots {
+            self.walk_span(s, &tree, root, None, None, edits);
+        }
+        if depth < MAX_DECODE_DEPTH {
+            for node in &tree.nodes {
+                if let SNode::Str {
+                    start,
+                    end,
+                    escaped: true,
+                } = *node
+                {
+                    self.escaped_string_edits(s, start as usize, end as usize, depth + 1, edits);
+                }
+            }
+        }
+        tree_keys
+    }
+
+    /// Rules on the decoded value of the escaped string body `s[start..end]`,
+    /// with the edits mapped back onto the escaped bytes.
+    fn escaped_string_edits(
+        &self,
+        s: &str,
+        start: usize,
+        end: usize,
+        depth: u8,
+        edits: &mut Vec<Edit>,
+    ) {
+        let (decoded, map) = decode_json_string(&s[start..end]);
+        let mut inner = Vec::new();
+        let tree_keys = if matches!(
+            decoded.trim_ascii_start().as_bytes().first(),
+            Some(b'{' | b'[')
+        ) {
+            self.tolerant_json(&decoded, depth, &mut inner)
+        } else {
+            Vec::new()
+        };
+        if self.text_might_match(&decoded) {
+            if let Some(first) = self.inner.text_ac.find(&decoded) {
+                self.scan_text(&decoded, first.start(), &mut inner, &tree_keys);
+            }
+        }
+        for mut e in inner {
+            e.start = start + map[e.start] as usize;
+            e.end = start + map[e.end] as usize;
+            // Written inside a JSON string, a quote the replacement needs is
+            // escaped once more than in the decoded text.
+            e.quote = match e.quote {
+                Quote::None => Quote::None,
+                Quote::Plain => Quote::Escaped(1),
+                Quote::Escaped(d) => Quote::Escaped(d.saturating_mul(2).saturating_add(1)),
+            };
+            e.json_escaped = e.json_escaped.saturating_add(1);
+            edits.push(e);
+        }
+    }
+
     /// Parses `s` as one JSON document and records edits for key, object,
     /// path and pair rules. False (and no edits) when it is not JSON.
     fn span_json(&self, s: &str, edits: &mut Vec<Edit>) -> bool {
@@ -2810,7 +3307,7 @@ impl Redactor {
                 if let Some(rule) = blanket {
                     if end > start {
                         let mut e = Edit::new(start as usize, end as usize, rule);
-                        e.json_escaped = escaped;
+                        e.json_escaped = u8::from(escaped);
                         edits.push(e);
                     }
                 }
@@ -2871,7 +3368,7 @@ impl Redactor {
                 };
                 for (i, m) in members.iter().enumerate() {
                     let key = key_of(m);
-                    if let Some(&(_, rule)) = hits.iter().find(|h| h.0 == i) {
+                    if let Some(rule) = hit_of(&hits, i) {
                         self.walk_span(s, tree, m.node, Some(key), Some(rule), edits);
                         continue;
                     }
@@ -4066,6 +4563,156 @@ exact = ["idtoken"]
         );
     }
 
+    // ------------------------------------------- damaged JSON (dead letters)
+
+    /// `input` with each secret replaced by its rule's marker: what a damaged
+    /// dead letter must become, byte for byte.
+    fn with_markers(input: &str, secrets: &[(&str, &str)]) -> String {
+        let mut want = input.to_string();
+        for (secret, rule) in secrets {
+            assert!(want.contains(secret), "{secret} not in {input}");
+            want = want.replace(secret, &format!("[REDACTED:{rule}]"));
+        }
+        want
+    }
+
+    fn redact_damaged_text(r: &Redactor, input: &str) -> (String, RedactionCounts) {
+        let mut c = RedactionCounts::default();
+        let out = r.redact_bytes(input.as_bytes(), &mut c);
+        (String::from_utf8(out).expect("UTF-8 in, UTF-8 out"), c)
+    }
+
+    #[test]
+    fn cut_json_gets_object_pair_and_path_rules_and_keeps_other_bytes() {
+        let r = builtin();
+        let cases: &[(&str, &[(&str, &str)])] = &[
+            // `type` decides, and comes after the value.
+            (
+                r#"{"eventName":"PutParameter","requestParameters":{"name":"/prod/x","value":"ZQssm1","type":"SecureString","overwrite":true"#,
+                &[("ZQssm1", "aws_ssm_parameter_value")],
+            ),
+            (
+                r#"{"kind":"Event","requestObject":{"kind":"Secret","metadata":{"name":"tls"},"data":{"tls.key":"ZQdata1","ca.crt":"ZQdata2"#,
+                &[("ZQdata1", "k8s_secret"), ("ZQdata2", "k8s_secret")],
+            ),
+            (
+                r#"{"spec":{"containers":[{"env":[{"name":"DB_PASSWORD","value":"ZQpair1"},{"name":"LOG_LEVEL","value":"debug"},{"name":"X"#,
+                &[("ZQpair1", "name_value_pair")],
+            ),
+            // The value before its name.
+            (
+                r#"[{"value":"ZQpair2","name":"API_TOKEN"},{"value":"#,
+                &[("ZQpair2", "name_value_pair")],
+            ),
+            (
+                r#"{"protoPayload":{"request":{"payload":{"data":"ZQpayload1"}"#,
+                &[("ZQpayload1", "gcp_secret_payload")],
+            ),
+            // A pretty-printed delivery cut in the middle of a record.
+            (
+                "{\n  \"Records\": [\n    {\n      \"requestParameters\": {\n        \"name\": \"/p\",\n        \"value\": \"ZQpretty1\",\n        \"type\": \"SecureString\"\n      },\n      \"responseElements\": {\n        \"ver",
+                &[("ZQpretty1", "aws_ssm_parameter_value")],
+            ),
+            // Damage inside: a trailing comma, a missing comma, a stray word.
+            (
+                r#"{"kind":"Secret", "data":{"a":"ZQdmg1",} "stringData":{"b":"ZQdmg2"} oops, "type":"Opaque"}}}"#,
+                &[("ZQdmg1", "k8s_secret"), ("ZQdmg2", "k8s_secret")],
+            ),
+        ];
+        for (input, secrets) in cases {
+            assert!(
+                serde_json::from_str::<Value>(input).is_err(),
+                "{input} must not parse"
+            );
+            let (out, counts) = redact_damaged_text(&r, input);
+            assert_eq!(out, with_markers(input, secrets), "from {input}");
+            assert_eq!(counts.total(), secrets.len() as u64, "{input}");
+        }
+        // Key rules blank numbers (quoted, so the JSON stays JSON) and every
+        // leaf of a container, as in whole documents.
+        let input = r#"{"db":{"password":123456,"port":5432,"secretString":{"a":"ZQnested1","b":[1,null]},"n""#;
+        assert_eq!(
+            redact_damaged_text(&r, input).0,
+            r#"{"db":{"password":"[REDACTED:password]","port":5432,"secretString":{"a":"[REDACTED:aws_secrets_manager_value]","b":["[REDACTED:aws_secrets_manager_value]",null]},"n""#
+        );
+    }
+
+    #[test]
+    fn cut_json_lines_start_new_documents() {
+        let r = builtin();
+        // NDJSON: a line cut after `"payload":` does not take the next line as
+        // its value (the path rule payload.data would fire on it).
+        let input = "{\"payload\":\n{\"data\":\"keep-this-data\"}\n";
+        assert_eq!(redact_damaged_text(&r, input).0, input);
+        // A line cut inside an object's members: the next record's Secret is
+        // still one.
+        let input = "{\"a\":{\"b\":1,\n{\"kind\":\"Secret\",\"data\":{\"k\":\"ZQline1\"}}\n";
+        let want = with_markers(input, &[("ZQline1", "k8s_secret")]);
+        assert_eq!(redact_damaged_text(&r, input).0, want);
+        // Pretty-printed: an indented value on the next line belongs to the key.
+        let input = "{\"payload\":\n  {\"data\":\"ZQline2\"}";
+        let want = with_markers(input, &[("ZQline2", "gcp_secret_payload")]);
+        assert_eq!(redact_damaged_text(&r, input).0, want);
+        // A string cut by the end of its line ends there.
+        let input = "{\"kind\":\"Secret\",\"data\":{\"k\":\"ZQline3\r\nnext line stays\n";
+        let want = with_markers(input, &[("ZQline3", "k8s_secret")]);
+        assert_eq!(redact_damaged_text(&r, input).0, want);
+    }
+
+    #[test]
+    fn cut_json_reads_json_carried_in_its_strings() {
+        let r = builtin();
+        // Key Vault SetSecret body as a string in a record cut after it: the
+        // object rule needs the decoded document.
+        let input = r#"{"properties":{"requestbody":"{\"value\":\"ZQkv1\",\"contentType\":\"text/plain\",\"pin\":1234,\"cfg\":{\"password\":99,\"note\":\"\\\"quoted\\\" \\u00e9\"}}","statusCode":"#;
+        let (out, _) = redact_damaged_text(&r, input);
+        assert!(!out.contains("ZQkv1") && !out.contains("99"), "{out}");
+        // Completed, it is JSON again, and so is the string inside it.
+        let v: Value = serde_json::from_str(&format!("{out}null}}}}")).expect("still JSON");
+        let body: Value =
+            serde_json::from_str(v["properties"]["requestbody"].as_str().unwrap()).unwrap();
+        assert_eq!(body["value"], json!("[REDACTED:azure_key_vault_secret]"));
+        assert_eq!(body["cfg"]["password"], json!("[REDACTED:password]"));
+        assert_eq!(body["cfg"]["note"], json!("\"quoted\" é"));
+        assert_eq!(body["pin"], json!(1234));
+
+        // The record and the Event carried in its message, both cut off.
+        let input = r#"{"logStream":"x","message":"{\"kind\":\"Event\",\"requestObject\":{\"kind\":\"Secret\",\"data\":{\"pw\":\"ZQeks1\",\"x\":\"ZQeks2"#;
+        let want = with_markers(input, &[("ZQeks1", "k8s_secret"), ("ZQeks2", "k8s_secret")]);
+        assert_eq!(redact_damaged_text(&r, input).0, want);
+
+        // With a hash key, the tag is the one the whole document would get.
+        let key = b"0123456789abcdef0123456789abcdef".to_vec();
+        let h = Redactor::from_sources(true, &[], Some(key)).unwrap();
+        let doc = r#"{"requestbody":"{\"password\":\"Zq\\\"x\\u00e9\"}"}"#;
+        let mut whole: Value = serde_json::from_str(doc).unwrap();
+        h.redact_json(&mut whole, &mut RedactionCounts::default());
+        let whole = serde_json::to_string(&whole).unwrap();
+        let cut = format!("{},", &doc[..doc.len() - 1]);
+        let (damaged, _) = redact_damaged_text(&h, &cut);
+        let tag = |s: &str| {
+            let k = s.find("[REDACTED:password:").expect(s) + "[REDACTED:password:".len();
+            s[k..k + 8].to_string()
+        };
+        assert_eq!(tag(&damaged), tag(&whole), "{damaged} vs {whole}");
+    }
+
+    #[test]
+    fn decode_json_string_maps_back_to_the_escapes() {
+        let raw = r#"a\"b\u00e9\ud83d\ude00\n\x\u12"#;
+        let (text, map) = decode_json_string(raw);
+        assert_eq!(text, "a\"bé😀\n\\x\\u12");
+        assert_eq!(map.len(), text.len() + 1);
+        let at = |needle: &str| {
+            let k = text.find(needle).unwrap();
+            (map[k] as usize, map[k + needle.len()] as usize)
+        };
+        assert_eq!(at("\"b"), (1, 4));
+        assert_eq!(at("é"), (4, 10));
+        assert_eq!(at("😀"), (10, 22));
+        assert_eq!(*map.last().unwrap() as usize, raw.len());
+    }
+
     // ------------------------------------------------- linear time (untimed)
 
     #[test]
@@ -4137,6 +4784,22 @@ exact = ["idtoken"]
         let _ = r.redact_text(&long, &mut c);
         let deep = format!("{}{}", "{\"a\":".repeat(50_000), "1");
         let _ = r.redact_text(&deep, &mut c);
+        // Damaged dead letters: one object repeating members that all fire a
+        // rule, nesting past the depth cap, escapes, half-open strings.
+        for unit in [
+            "\"name\":\"DB_PASSWORD\",\"value\":\"x\",",
+            "\"keyName\":\"a\",\"value\":\"b\",",
+            "\"kind\":\"Secret\",\"data\":{\"a\":\"b\"},",
+            "[{\"password\":",
+            "{\"a\":[",
+            "\"\\\"a\\\":\\\"",
+            "\"\\u",
+            "}]",
+            "\"password\":\"\n",
+        ] {
+            let s = format!("{{{}", unit.repeat(MB / unit.len()));
+            let _ = r.redact_bytes(s.as_bytes(), &mut c);
+        }
     }
 
     // ------------------------------------------------------ property tests
@@ -4173,6 +4836,18 @@ exact = ["idtoken"]
             "AccountKey=%S==;EndpointSuffix=x",
             "-----BEGIN PRIVATE KEY-----\n%S\n-----END PRIVATE KEY-----",
             "eyJhbGciOiJIUzI1NiJ9.eyJ%S.sig",
+        ];
+
+        // Records whose secret is known as one before it starts: the context
+        // (kind, name, key, parent) comes first.
+        const CUT_FORMS: &[&str] = &[
+            r#"{"kind":"Secret","metadata":{"name":"n"},"data":{"k":"%S","j":"v"},"type":"Opaque"}"#,
+            r#"{"env":[{"name":"DB_PASSWORD","value":"%S"},{"name":"X","value":"y"}]}"#,
+            r#"{"payload":{"data":"%S"},"parent":"projects/p/secrets/s"}"#,
+            r#"{"a":{"password":"%S","b":1}}"#,
+            r#"{"a":{"password":["%S",{"b":"%S"}]}}"#,
+            r#"{"message":"{\"kind\":\"Secret\",\"data\":{\"k\":\"%S\"}}","x":1}"#,
+            "{\n  \"spec\": {\n    \"env\": [\n      {\n        \"name\": \"API_TOKEN\",\n        \"value\": \"%S\"\n      }\n    ]\n  }\n}\n",
         ];
 
         proptest! {
@@ -4254,6 +4929,40 @@ exact = ["idtoken"]
                 let slow = r.redact_text_slow(&s, &mut c2);
                 prop_assert_eq!(&*fast, &*slow, "{:?}", s);
                 prop_assert_eq!(c1.total(), c2.total());
+            }
+
+            /// A record cut anywhere after a secret starts (a truncated dead
+            /// letter) loses what it holds of the secret, as long as what
+            /// decides that it is one came before it.
+            #[test]
+            fn cut_records_lose_their_secret(
+                s in secret(),
+                form in 0..CUT_FORMS.len(),
+                cut in 0.0f64..=1.0,
+            ) {
+                let r = Redactor::builtin();
+                let whole = CUT_FORMS[form].replace("%S", &s);
+                let from = whole.find(&s).expect("planted") + 2;
+                let at = from + ((whole.len() - from) as f64 * cut) as usize;
+                let text = &whole[..at.min(whole.len())];
+                let mut c = RedactionCounts::default();
+                let out = String::from_utf8(r.redact_bytes(text.as_bytes(), &mut c)).unwrap();
+                prop_assert!(!out.contains("ZQ"), "{} -> {}", text, out);
+            }
+
+            /// Damaged JSON without secrets comes back byte for byte.
+            #[test]
+            fn damaged_json_without_secrets_is_kept(parts in proptest::collection::vec(prop::sample::select(vec![
+                "{", "}", "[", "]", "\"", ":", ",", "\\", "\\\"", "\\u00", "\n", "\r\n", " ", "a", "1", "-", "null",
+                "é", "\"name\"", "\"value\"", "\"kind\"", "\"data\"", "\"type\"", "\"x\":", "\"note\":\"a b\"",
+            ]), 0..60)) {
+                let s: String = parts.concat();
+                prop_assume!(serde_json::from_str::<Value>(s.trim()).is_err());
+                let r = Redactor::builtin();
+                let mut c = RedactionCounts::default();
+                let out = r.redact_bytes(s.as_bytes(), &mut c);
+                prop_assert_eq!(c.total(), 0);
+                prop_assert_eq!(out, s.as_bytes());
             }
 
             #[test]
