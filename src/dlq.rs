@@ -48,13 +48,7 @@ impl DeadLetter {
         source: Option<SourceKind>,
         original: &[u8],
     ) -> DeadLetter {
-        let (original, original_base64) = match std::str::from_utf8(original) {
-            Ok(s) => (Some(s.to_string()), None),
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(original)),
-            ),
-        };
+        let (original, original_base64) = stored(original);
         DeadLetter {
             error_code: error.code,
             stage: error.stage,
@@ -68,7 +62,15 @@ impl DeadLetter {
         }
     }
 
-    /// The original bytes, as received.
+    /// Replaces the original bytes with their redacted form (`Redactor::redact_bytes`), stored
+    /// as `new` stores bytes: text when they are UTF-8, base64 when not. Bytes that are not
+    /// UTF-8 thus survive redaction exactly, instead of becoming lossy text.
+    pub fn set_redacted_original(&mut self, redacted: &[u8]) {
+        (self.original, self.original_base64) = stored(redacted);
+        self.redacted = true;
+    }
+
+    /// The original bytes, as received (redacted when `redacted` is set).
     pub fn original_bytes(&self) -> Vec<u8> {
         match (&self.original, &self.original_base64) {
             (Some(s), _) => s.as_bytes().to_vec(),
@@ -92,8 +94,59 @@ impl DeadLetter {
     }
 }
 
+/// `(original, original_base64)` for `bytes`.
+fn stored(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
+}
+
 /// The JSON Schema of a dead letter, as published in `schemas/`.
 pub fn json_schema() -> String {
     let schema = schemars::schema_for!(DeadLetter);
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::redact::{RedactionCounts, Redactor};
+
+    fn dead_letter(bytes: &[u8]) -> DeadLetter {
+        let pos = Position::File {
+            path: "in.bin".into(),
+            line: Some(1),
+            offset: 0,
+            index: None,
+        };
+        let err = RecordError::new(ErrorCode::InvalidJson, Stage::Decode, "not JSON");
+        DeadLetter::new(err, pos, None, bytes)
+    }
+
+    #[test]
+    fn redacted_original_keeps_bytes_that_are_not_utf8() {
+        let raw: &[u8] = b"\xff\xfe{\"password\":\"pw-1234567\",\"n\":\"caf\xe9\"";
+        let mut dl = dead_letter(raw);
+        assert!(dl.original.is_none() && dl.original_base64.is_some());
+        let cleaned = Redactor::builtin().redact_bytes(raw, &mut RedactionCounts::default());
+        assert_ne!(cleaned, raw);
+        dl.set_redacted_original(&cleaned);
+        assert!(dl.redacted);
+        assert_eq!(dl.original, None);
+        assert_eq!(
+            dl.original_bytes(),
+            b"\xff\xfe{\"password\":\"[REDACTED:password]\",\"n\":\"caf\xe9\""
+        );
+
+        // UTF-8 stays readable text.
+        let mut dl = dead_letter(b"password=pw-1234567");
+        dl.set_redacted_original(b"password=[REDACTED:password]");
+        assert_eq!(dl.original.as_deref(), Some("password=[REDACTED:password]"));
+        assert_eq!(dl.original_base64, None);
+    }
 }

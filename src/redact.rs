@@ -1891,10 +1891,11 @@ impl Redactor {
 
     /// Redacts the raw bytes of a dead letter. A JSON document that parses is
     /// redacted as a tree and re-serialised. Anything else (NDJSON, JSON cut
-    /// short or damaged, text) keeps its bytes and only the secrets in it are
-    /// replaced: key, object, path and pair rules apply to whatever JSON
-    /// structure can be read from it (see `TolerantParser`), text rules to
-    /// each line. Invalid UTF-8 is replaced by U+FFFD.
+    /// short or damaged, text, bytes that are not UTF-8) keeps its bytes and
+    /// only the secrets in it are replaced: key, object, path and pair rules
+    /// apply to whatever JSON structure can be read from it (see
+    /// `TolerantParser`), text rules to each line. Bytes that are not UTF-8
+    /// come back as they were, unless they are part of a secret.
     pub fn redact_bytes(&self, raw: &[u8], counts: &mut RedactionCounts) -> Vec<u8> {
         let trimmed = raw.trim_ascii();
         if matches!(trimmed.first(), Some(b'{' | b'[')) {
@@ -1907,17 +1908,20 @@ impl Redactor {
                 return out;
             }
         }
-        let text = String::from_utf8_lossy(raw);
-        match self.redact_damaged(&text, counts) {
-            Some(out) => out.into_bytes(),
-            None => text.into_owned().into_bytes(),
+        let text = match std::str::from_utf8(raw) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(shadow_text(raw)),
+        };
+        let edits = self.damaged_edits(&text);
+        if edits.is_empty() {
+            return raw.to_vec();
         }
+        self.apply_edits_to_bytes(raw, edits, counts)
     }
 
-    /// The edits of `redact_bytes` for input that is not one JSON document,
-    /// applied; None when there are none. Dead letters only: the event path
-    /// never comes here.
-    fn redact_damaged(&self, s: &str, counts: &mut RedactionCounts) -> Option<String> {
+    /// The edits of `redact_bytes` for input that is not one JSON document.
+    /// Dead letters only: the event path never comes here.
+    fn damaged_edits(&self, s: &str) -> Vec<Edit> {
         let mut edits = Vec::new();
         // Tree edits go first: where they cover the same bytes as a text
         // edit, the rule that saw the object names the replacement.
@@ -1951,11 +1955,21 @@ impl Redactor {
             }
             at = line_end + 1;
         }
-        if edits.is_empty() {
-            return None;
-        }
-        Some(self.apply_edits(s, edits, counts))
+        edits
     }
+}
+
+/// `raw` as text of the same length: each byte of an invalid UTF-8 sequence
+/// becomes NUL, which no rule matches and every scanner takes as part of the
+/// value around it, so positions found in the text are positions in `raw`
+/// that do not split any character `raw` holds.
+fn shadow_text(raw: &[u8]) -> String {
+    let mut s = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        s.push_str(chunk.valid());
+        s.extend(std::iter::repeat_n('\0', chunk.invalid().len()));
+    }
+    s
 }
 
 // ------------------------------------------------------------- tree walks
@@ -2561,55 +2575,70 @@ impl Redactor {
         }
     }
 
-    fn apply_edits(&self, s: &str, mut edits: Vec<Edit>, counts: &mut RedactionCounts) -> String {
-        // Stable and adaptive: edits arrive almost sorted.
-        edits.sort_by_key(|e| (e.start, e.from_pattern));
-        let mut merged: Vec<Edit> = Vec::with_capacity(edits.len());
-        for e in edits {
-            match merged.last_mut() {
-                Some(last) if e.start < last.end => {
-                    if e.end > last.end {
-                        last.end = e.end;
-                        last.json_escaped = 0;
-                    }
-                }
-                _ => merged.push(e),
-            }
-        }
+    fn apply_edits(&self, s: &str, edits: Vec<Edit>, counts: &mut RedactionCounts) -> String {
+        let merged = merge_edits(edits);
         let mut out = String::with_capacity(s.len() + merged.len() * 40);
         let mut last = 0;
         for e in &merged {
             out.push_str(&s[last..e.start]);
-            let raw = &s[e.start..e.end];
-            let decoded;
-            let secret = if e.json_escaped > 0 && self.inner.mac.is_some() {
-                decoded = unescape_levels(raw, e.json_escaped);
-                decoded.as_deref().unwrap_or(raw)
-            } else {
-                raw
-            };
-            match e.quote {
-                Quote::None => self.write_replacement(&mut out, e.rule, secret),
-                Quote::Plain => {
-                    out.push('"');
-                    self.write_replacement(&mut out, e.rule, secret);
-                    out.push('"');
-                }
-                Quote::Escaped(depth) => {
-                    let quote = |out: &mut String| {
-                        out.extend(std::iter::repeat_n('\\', usize::from(depth)));
-                        out.push('"');
-                    };
-                    quote(&mut out);
-                    self.write_replacement(&mut out, e.rule, secret);
-                    quote(&mut out);
-                }
-            }
-            counts.add(&self.inner.rules[e.rule.index()].name, 1);
+            self.write_edit(&mut out, e, &s[e.start..e.end], counts);
             last = e.end;
         }
         out.push_str(&s[last..]);
         out
+    }
+
+    /// `apply_edits` onto bytes that need not be UTF-8 (edits found in their
+    /// `shadow_text`): every byte outside the edits is copied as it is.
+    fn apply_edits_to_bytes(
+        &self,
+        b: &[u8],
+        edits: Vec<Edit>,
+        counts: &mut RedactionCounts,
+    ) -> Vec<u8> {
+        let merged = merge_edits(edits);
+        let mut out = Vec::with_capacity(b.len() + merged.len() * 40);
+        let mut rep = String::new();
+        let mut last = 0;
+        for e in &merged {
+            out.extend_from_slice(&b[last..e.start]);
+            rep.clear();
+            let secret = String::from_utf8_lossy(&b[e.start..e.end]);
+            self.write_edit(&mut rep, e, &secret, counts);
+            out.extend_from_slice(rep.as_bytes());
+            last = e.end;
+        }
+        out.extend_from_slice(&b[last..]);
+        out
+    }
+
+    /// The replacement for one edit of `raw`, quoted as the edit says.
+    fn write_edit(&self, out: &mut String, e: &Edit, raw: &str, counts: &mut RedactionCounts) {
+        let decoded;
+        let secret = if e.json_escaped > 0 && self.inner.mac.is_some() {
+            decoded = unescape_levels(raw, e.json_escaped);
+            decoded.as_deref().unwrap_or(raw)
+        } else {
+            raw
+        };
+        match e.quote {
+            Quote::None => self.write_replacement(out, e.rule, secret),
+            Quote::Plain => {
+                out.push('"');
+                self.write_replacement(out, e.rule, secret);
+                out.push('"');
+            }
+            Quote::Escaped(depth) => {
+                let quote = |out: &mut String| {
+                    out.extend(std::iter::repeat_n('\\', usize::from(depth)));
+                    out.push('"');
+                };
+                quote(out);
+                self.write_replacement(out, e.rule, secret);
+                quote(out);
+            }
+        }
+        counts.add(&self.inner.rules[e.rule.index()].name, 1);
     }
 
     fn write_replacement(&self, out: &mut String, rule: RuleId, secret: &str) {
@@ -2628,6 +2657,25 @@ impl Redactor {
         }
         out.push(']');
     }
+}
+
+/// Sorted by start, overlapping edits merged into the first.
+fn merge_edits(mut edits: Vec<Edit>) -> Vec<Edit> {
+    // Stable and adaptive: edits arrive almost sorted.
+    edits.sort_by_key(|e| (e.start, e.from_pattern));
+    let mut merged: Vec<Edit> = Vec::with_capacity(edits.len());
+    for e in edits {
+        match merged.last_mut() {
+            Some(last) if e.start < last.end => {
+                if e.end > last.end {
+                    last.end = e.end;
+                    last.json_escaped = 0;
+                }
+            }
+            _ => merged.push(e),
+        }
+    }
+    merged
 }
 
 /// `raw` with `levels` layers of JSON string escaping removed, or None when
@@ -4556,11 +4604,43 @@ exact = ["idtoken"]
         );
 
         let raw = b"\xff\xfe garbage secret=RawSecret9 \xc3";
-        let out = String::from_utf8(r.redact_bytes(raw, &mut c)).unwrap();
-        assert!(
-            !out.contains("RawSecret9") && out.contains("[REDACTED:secret]"),
-            "{out}"
-        );
+        let out = r.redact_bytes(raw, &mut c);
+        assert_eq!(out, b"\xff\xfe garbage secret=[REDACTED:secret] \xc3");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_survive_redaction() {
+        let r = builtin();
+        let cases: &[(&[u8], &[u8])] = &[
+            // Latin-1 and a broken sequence around JSON cut short; a stray byte
+            // inside the secret goes with it.
+            (
+                b"{\"note\":\"caf\xe9\",\"kind\":\"Secret\",\"data\":{\"k\":\"ZQbin\xff1\"},\"x\":\"\xc3\x28",
+                b"{\"note\":\"caf\xe9\",\"kind\":\"Secret\",\"data\":{\"k\":\"[REDACTED:k8s_secret]\"},\"x\":\"\xc3\x28",
+            ),
+            // Text lines; valid characters next to invalid bytes stay whole.
+            (
+                b"\xf0\x9f\x98\x80\xf0\x9f password=\xe2\x82Zq9 \xc3\xa9\xff\r\nAuthorization: Bearer abcdef123456 \x80\n",
+                b"\xf0\x9f\x98\x80\xf0\x9f password=[REDACTED:password] \xc3\xa9\xff\r\nAuthorization: Bearer [REDACTED:authorization] \x80\n",
+            ),
+        ];
+        for (input, want) in cases {
+            assert!(std::str::from_utf8(input).is_err());
+            let mut c = RedactionCounts::default();
+            let out = r.redact_bytes(input, &mut c);
+            assert_eq!(
+                out,
+                *want,
+                "{} became {}",
+                String::from_utf8_lossy(input),
+                String::from_utf8_lossy(&out)
+            );
+        }
+        // Nothing to redact: the same bytes, nothing counted.
+        let blob: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        let mut c = RedactionCounts::default();
+        assert_eq!(r.redact_bytes(&blob, &mut c), blob);
+        assert!(c.is_empty());
     }
 
     // ------------------------------------------- damaged JSON (dead letters)
@@ -4980,6 +5060,31 @@ exact = ["idtoken"]
                 let mut c = RedactionCounts::default();
                 let _ = r.redact_text(&s, &mut c);
                 let _ = r.redact_bytes(s.as_bytes(), &mut c);
+            }
+
+            /// Any bytes: no panic, and without a secret nothing changes. A
+            /// secret between bytes that are not ASCII takes only itself.
+            #[test]
+            fn bytes_survive_byte_for_byte(
+                b in proptest::collection::vec(any::<u8>(), 0..300),
+                pre in proptest::collection::vec(0x80u8..=0xff, 0..40),
+                post in proptest::collection::vec(0x80u8..=0xff, 0..40),
+                s in secret(),
+            ) {
+                let r = Redactor::builtin();
+                let mut c = RedactionCounts::default();
+                let out = r.redact_bytes(&b, &mut c);
+                if c.is_empty() && serde_json::from_slice::<Value>(b.trim_ascii()).is_err() {
+                    prop_assert_eq!(out, b);
+                }
+                let mut planted = pre.clone();
+                planted.extend_from_slice(format!(" password={s} ").as_bytes());
+                planted.extend_from_slice(&post);
+                let mut want = pre;
+                want.extend_from_slice(b" password=[REDACTED:password] ");
+                want.extend_from_slice(&post);
+                let out = r.redact_bytes(&planted, &mut c);
+                prop_assert_eq!(out, want);
             }
 
             #[test]
