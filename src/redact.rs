@@ -11,7 +11,9 @@
 //! * by position: the value under `password`, `sessionToken`, a Kubernetes
 //!   Secret's `data`, `{"name": "DB_PASSWORD", "value": ...}` (key, object,
 //!   path and pair rules; callers that walk events themselves use
-//!   [`Redactor::key_rule`] and [`Redactor::object_rules`]);
+//!   [`Redactor::key_rule`] and [`Redactor::object_verdicts`], whose `Keep`
+//!   verdicts mark values that only name a secret, such as a CodeBuild
+//!   variable of type SECRETS_MANAGER);
 //! * by shape: JWTs, PEM keys, vendor tokens, URL passwords (pattern rules);
 //! * inside free text: JSON documents carried in strings, query strings,
 //!   command lines, `NAME=value` ([`Redactor::redact_text`]).
@@ -133,6 +135,16 @@ impl RuleId {
     }
 }
 
+/// What [`Redactor::object_verdicts`] says about one member of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberVerdict {
+    /// Redact the whole value with this rule.
+    Redact(RuleId),
+    /// The value names or locates a secret (a secret's id, a parameter name):
+    /// no key, object, path or pair rule redacts it. This `keep` rule said so.
+    Keep(RuleId),
+}
+
 /// How many secrets each rule replaced. Cheap to create (empty, no
 /// allocation); keep one per batch or thread and [`merge`](Self::merge) them
 /// for metrics.
@@ -250,6 +262,7 @@ struct RawRule {
     equals: Option<BTreeMap<String, Vec<String>>>,
     parent: Option<Vec<String>>,
     redact: Option<Vec<String>>,
+    keep: Option<Vec<String>>,
     names: Option<Vec<String>>,
     values: Option<Vec<String>>,
     anchors: Option<Vec<String>>,
@@ -279,6 +292,7 @@ impl RawRule {
         note(self.equals.is_some(), "equals");
         note(self.parent.is_some(), "parent");
         note(self.redact.is_some(), "redact");
+        note(self.keep.is_some(), "keep");
         note(self.names.is_some(), "names");
         note(self.values.is_some(), "values");
         note(self.anchors.is_some(), "anchors");
@@ -351,6 +365,8 @@ struct ObjectRule {
     has_any: Vec<Box<[u8]>>,
     equals: Vec<(Box<[u8]>, Vec<ValuePat>)>,
     redact: Vec<Box<[u8]>>,
+    // Members whose values name or locate a secret rather than hold one.
+    keep: Vec<Box<[u8]>>,
 }
 
 struct PairRule {
@@ -641,7 +657,7 @@ fn compile(
                 "on_object",
             ],
             "path" => &["suffix"],
-            "object" => &["has", "has_any", "equals", "parent", "redact"],
+            "object" => &["has", "has_any", "equals", "parent", "redact", "keep"],
             "pair" => &["names", "values"],
             "pattern" => &["anchors", "regex", "max_len", "min_len", "looks_random"],
             other => {
@@ -725,6 +741,7 @@ fn compile(
                     has_any: Vec::new(),
                     equals: Vec::new(),
                     redact: vec![normalize_owned(key).into()],
+                    keep: Vec::new(),
                 });
             }
             "object" => {
@@ -735,10 +752,21 @@ fn compile(
                         .collect()
                 };
                 let redact = keys(&raw.redact);
-                if redact.is_empty() {
-                    return Err(
-                        p.invalid("an object rule needs `redact = [...]` member keys; add them")
-                    );
+                let keep = keys(&raw.keep);
+                if redact.is_empty() && keep.is_empty() {
+                    return Err(p.invalid(
+                        "an object rule needs `redact = [...]` (or `keep = [...]`) member keys; add them",
+                    ));
+                }
+                if let Some(k) = raw
+                    .keep
+                    .iter()
+                    .flatten()
+                    .find(|k| redact.iter().any(|r| **r == *normalize_owned(k)))
+                {
+                    return Err(p.invalid(format!(
+                        "`{k}` is listed in both `redact` and `keep`; keep it in one"
+                    )));
                 }
                 let equals = raw
                     .equals
@@ -765,6 +793,7 @@ fn compile(
                     has_any: keys(&raw.has_any),
                     equals,
                     redact,
+                    keep,
                 };
                 if rule.parent.is_none()
                     && rule.has.is_empty()
@@ -870,7 +899,7 @@ fn compile(
     let mut triggers: Vec<Box<[u8]>> = Vec::new();
     for t in objects
         .iter()
-        .flat_map(|o| o.redact.iter())
+        .flat_map(|o| o.redact.iter().chain(o.keep.iter()))
         .chain(pairs.iter().flat_map(|p| p.values.iter()))
     {
         if !triggers.contains(t) {
@@ -1702,20 +1731,48 @@ impl Redactor {
     /// order), the member indexes that must be fully redacted by object,
     /// path and pair rules, in ascending index order. `parent_key` is the key
     /// the object sits under (for objects inside an array, the array's key).
-    /// Returns an empty, unallocated Vec when nothing applies.
+    /// Members a `keep` rule names are left out. Returns an empty, unallocated
+    /// Vec when nothing applies. [`object_verdicts`](Self::object_verdicts)
+    /// also lists the kept members, which key rules must leave alone too.
     pub fn object_rules(
         &self,
         parent_key: Option<&str>,
         members: &[(&str, Option<&str>)],
     ) -> Vec<(usize, RuleId)> {
-        let mut out: Vec<(usize, RuleId)> = Vec::new();
+        let verdicts = self.object_verdicts(parent_key, members);
+        if verdicts.is_empty() {
+            return Vec::new();
+        }
+        verdicts
+            .into_iter()
+            .filter_map(|(i, v)| match v {
+                MemberVerdict::Redact(rule) => Some((i, rule)),
+                MemberVerdict::Keep(_) => None,
+            })
+            .collect()
+    }
+
+    /// What object, path and pair rules say about the members of ONE object
+    /// (arguments as for [`object_rules`](Self::object_rules)), in ascending
+    /// member order: redact the value, or keep it because it names a secret
+    /// rather than holding one. A kept value is not redacted by any key,
+    /// object, path or pair rule; text rules still apply to it. Members
+    /// without a verdict get the key rules as usual.
+    pub fn object_verdicts(
+        &self,
+        parent_key: Option<&str>,
+        members: &[(&str, Option<&str>)],
+    ) -> Vec<(usize, MemberVerdict)> {
+        let mut out: Vec<(usize, MemberVerdict)> = Vec::new();
         for rule in &self.inner.objects {
             if !rule.applies(parent_key, members) {
                 continue;
             }
             for (i, (k, _)) in members.iter().enumerate() {
                 if rule.redact.iter().any(|t| norm_eq(k, t)) {
-                    out.push((i, rule.id));
+                    out.push((i, MemberVerdict::Redact(rule.id)));
+                } else if rule.keep.iter().any(|t| norm_eq(k, t)) {
+                    out.push((i, MemberVerdict::Keep(rule.id)));
                 }
             }
         }
@@ -1729,14 +1786,15 @@ impl Redactor {
             }
             for (i, (k, _)) in members.iter().enumerate() {
                 if pair.values.iter().any(|t| norm_eq(k, t)) {
-                    out.push((i, pair.id));
+                    out.push((i, MemberVerdict::Redact(pair.id)));
                 }
             }
         }
-        // One entry per member, the first rule in file order naming it. Sorted
-        // and deduplicated at the end rather than checked per push: an object
-        // repeating one key many times (a damaged dead letter) stays n log n.
-        out.sort_by_key(|&(i, _)| i);
+        // One entry per member: a keep, else the first rule in file order.
+        // Sorted and deduplicated at the end rather than checked per push: an
+        // object repeating one key many times (a damaged dead letter) stays
+        // n log n.
+        out.sort_by_key(|&(i, v)| (i, !matches!(v, MemberVerdict::Keep(_))));
         out.dedup_by_key(|&mut (i, _)| i);
         out
     }
@@ -1974,11 +2032,12 @@ fn shadow_text(raw: &[u8]) -> String {
 
 // ------------------------------------------------------------- tree walks
 
-/// The rule of member `i` in `object_rules`' answer (sorted by member).
-fn hit_of(hits: &[(usize, RuleId)], i: usize) -> Option<RuleId> {
-    hits.binary_search_by_key(&i, |h| h.0)
+/// The verdict on member `i` in `object_verdicts`' answer (sorted by member).
+fn verdict_of(verdicts: &[(usize, MemberVerdict)], i: usize) -> Option<MemberVerdict> {
+    verdicts
+        .binary_search_by_key(&i, |h| h.0)
         .ok()
-        .map(|at| hits[at].1)
+        .map(|at| verdicts[at].1)
 }
 
 impl Redactor {
@@ -2013,14 +2072,21 @@ impl Redactor {
                 let hits = if self.object_might_match(&mut map.keys().map(String::as_str)) {
                     let members: Vec<(&str, Option<&str>)> =
                         map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    self.object_rules(parent, &members)
+                    self.object_verdicts(parent, &members)
                 } else {
                     Vec::new()
                 };
                 for (i, (k, child)) in map.iter_mut().enumerate() {
-                    if let Some(rule) = hit_of(&hits, i) {
-                        self.redact_value(child, rule, counts);
-                        continue;
+                    match verdict_of(&hits, i) {
+                        Some(MemberVerdict::Redact(rule)) => {
+                            self.redact_value(child, rule, counts);
+                            continue;
+                        }
+                        Some(MemberVerdict::Keep(_)) => {
+                            self.walk_json(child, Some(k), counts);
+                            continue;
+                        }
+                        None => {}
                     }
                     match self.key_rule(k) {
                         Some(rule)
@@ -3410,15 +3476,22 @@ impl Redactor {
                             (key_of(m), v)
                         })
                         .collect();
-                    self.object_rules(parent, &view)
+                    self.object_verdicts(parent, &view)
                 } else {
                     Vec::new()
                 };
                 for (i, m) in members.iter().enumerate() {
                     let key = key_of(m);
-                    if let Some(rule) = hit_of(&hits, i) {
-                        self.walk_span(s, tree, m.node, Some(key), Some(rule), edits);
-                        continue;
+                    match verdict_of(&hits, i) {
+                        Some(MemberVerdict::Redact(rule)) => {
+                            self.walk_span(s, tree, m.node, Some(key), Some(rule), edits);
+                            continue;
+                        }
+                        Some(MemberVerdict::Keep(_)) => {
+                            self.walk_span(s, tree, m.node, Some(key), None, edits);
+                            continue;
+                        }
+                        None => {}
                     }
                     let container = matches!(
                         tree.nodes[m.node as usize],
@@ -4339,6 +4412,97 @@ mod tests {
         assert_eq!(name(&long), Some("password"));
     }
 
+    // ------------------------------------------------ secret references
+
+    // Real secrets next to references to secrets, as the corpus has them.
+    const CODEBUILD_ENV: &str = r#"{"environmentVariables":[{"name":"DB_PASSWORD","value":"prod/orders/db-master:password","type":"SECRETS_MANAGER"},{"name":"API_TOKEN","value":"/prod/orders/api-token","type":"PARAMETER_STORE"},{"name":"NPM_TOKEN","value":"ZQnpm1","type":"PLAINTEXT"},{"name":"GH_PASSWORD","value":"ZQgh1"}]}"#;
+    const CLOUD_RUN_ENV: &str = r#"{"env":[{"name":"DB_PASS","valueSource":{"secretKeyRef":{"secret":"orders-db-password-runref","version":"latest"}}},{"name":"SERVICE_TOKEN","value":"ZQrun1"}],"servicePrincipalProfile":{"clientId":"c1","secret":"ZQaks1"},"volumes":[{"secret":{"secret":"ZQvol1"}}]}"#;
+    const REFERENCES: &[&str] = &[
+        "prod/orders/db-master:password",
+        "/prod/orders/api-token",
+        "orders-db-password-runref",
+    ];
+    const REAL: &[&str] = &["ZQnpm1", "ZQgh1", "ZQrun1", "ZQaks1", "ZQvol1"];
+
+    fn assert_references_kept(what: &str, out: &str) {
+        for r in REFERENCES.iter().filter(|r| out.contains(&r[..4])) {
+            assert!(out.contains(r), "{what}: reference {r} lost in {out}");
+        }
+        for s in REAL {
+            assert!(!out.contains(s), "{what}: secret {s} kept in {out}");
+        }
+    }
+
+    #[test]
+    fn references_to_secrets_are_kept_and_secrets_are_not() {
+        let r = builtin();
+        let both = format!("[{CODEBUILD_ENV},{CLOUD_RUN_ENV}]");
+        // A whole document.
+        let mut v: Value = serde_json::from_str(&both).unwrap();
+        let mut c = RedactionCounts::default();
+        r.redact_json(&mut v, &mut c);
+        let out = serde_json::to_string(&v).unwrap();
+        for reference in REFERENCES {
+            assert!(out.contains(reference), "{reference} lost in {out}");
+        }
+        assert_references_kept("redact_json", &out);
+        assert_eq!(c.total(), REAL.len() as u64, "{c:?}");
+        // The same document carried in a string.
+        let out = r.redact_text(&both, &mut c);
+        assert_references_kept("redact_text", &out);
+        for reference in REFERENCES {
+            assert!(out.contains(reference), "{reference} lost in {out}");
+        }
+        // A dead letter cut short: the textual `"secret":` scanner must not
+        // overrule the tree.
+        let cut = &both[..both.len() - 2];
+        let (out, _) = redact_damaged_text(&r, cut);
+        assert_references_kept("cut dead letter", &out);
+        for reference in REFERENCES {
+            assert!(out.contains(reference), "{reference} lost in {out}");
+        }
+    }
+
+    #[test]
+    fn object_verdicts_api() {
+        let r = builtin();
+        let keep = |v: &[(usize, MemberVerdict)]| -> Vec<(usize, String)> {
+            v.iter()
+                .map(|&(i, v)| match v {
+                    MemberVerdict::Keep(id) => (i, format!("keep:{}", r.rule_name(id))),
+                    MemberVerdict::Redact(id) => (i, format!("redact:{}", r.rule_name(id))),
+                })
+                .collect()
+        };
+        let typed = [
+            ("name", Some("DB_PASSWORD")),
+            ("value", Some("prod/db:password")),
+            ("type", Some("SECRETS_MANAGER")),
+        ];
+        assert_eq!(
+            keep(&r.object_verdicts(Some("environmentVariables"), &typed)),
+            [(1, "keep:typed_secret_reference".to_string())]
+        );
+        // The pair rule would redact `value`; keep wins, and object_rules
+        // leaves the member to its caller's key rules.
+        assert!(r.object_rules(None, &typed).is_empty());
+        let plain = [typed[0], typed[1], ("type", Some("PLAINTEXT"))];
+        assert_eq!(
+            keep(&r.object_verdicts(None, &plain)),
+            [(1, "redact:name_value_pair".to_string())]
+        );
+        let run = [("secret", Some("db-pw")), ("version", Some("latest"))];
+        assert_eq!(
+            keep(&r.object_verdicts(Some("secretKeyRef"), &run)),
+            [(0, "keep:secret_key_ref".to_string())]
+        );
+        assert!(r
+            .object_verdicts(Some("servicePrincipalProfile"), &run)
+            .is_empty());
+        // A keep member is a trigger, so callers ask.
+        assert!(r.object_might_match(&mut ["secret", "version"].into_iter()));
+    }
+
     #[test]
     fn object_rules_api() {
         let r = builtin();
@@ -4559,6 +4723,21 @@ exact = ["idtoken"]
             "[[rule]]\nname = \"x\"\nkind = \"key\"\nexact = [\"__\"]\n",
             1,
             "empty once",
+        );
+        expect(
+            "[[rule]]\nname = \"x\"\nkind = \"object\"\nhas = [\"a\"]\n",
+            1,
+            "needs `redact = [...]` (or `keep = [...]`)",
+        );
+        expect(
+            "[[rule]]\nname = \"x\"\nkind = \"object\"\nhas = [\"a\"]\nredact = [\"v\"]\nkeep = [\"V\"]\n",
+            1,
+            "both `redact` and `keep`",
+        );
+        expect(
+            "[[rule]]\nname = \"x\"\nkind = \"pair\"\nnames = [\"n\"]\nvalues = [\"v\"]\nkeep = [\"v\"]\n",
+            1,
+            "field `keep` does not apply to kind `pair`",
         );
     }
 
