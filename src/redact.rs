@@ -2376,7 +2376,7 @@ fn looks_random(t: &str) -> bool {
 impl Redactor {
     /// `tree_keys`: ascending positions of the closing quotes of `"key":`
     /// members that a JSON tree already judged with their object around them
-    /// (see `redact_damaged`); the textual scanner, which sees only the key,
+    /// (see `damaged_edits`); the textual scanner, which sees only the key,
     /// leaves those alone so the verdict made in context stands.
     fn scan_text(&self, s: &str, from: usize, edits: &mut Vec<Edit>, tree_keys: &[usize]) {
         let inner = &*self.inner;
