@@ -107,7 +107,13 @@ pub fn read(file: &InputFile, sink: &mut dyn UnitSink) -> Result<u64, SourceErro
     };
     let raw: Box<dyn Read> = match file {
         InputFile::Stdin => Box::new(std::io::stdin().lock()),
-        InputFile::Path(p) => Box::new(std::fs::File::open(p).map_err(io)?),
+        InputFile::Path(p) => {
+            let f = std::fs::File::open(p).map_err(io)?;
+            if let Some(map) = map_plain(&f) {
+                return Ok(frame_mapped(&map, &name, sink));
+            }
+            Box::new(f)
+        }
     };
     let mut buffered = BufReader::with_capacity(256 * 1024, raw);
     let head = buffered.fill_buf().map_err(io)?;
@@ -124,6 +130,67 @@ pub fn read(file: &InputFile, sink: &mut dyn UnitSink) -> Result<u64, SourceErro
         Box::new(buffered)
     };
     frame(reader, gzip, name.clone(), sink).map_err(io)
+}
+
+/// A plain (not gzip) regular file, mapped: framing it then costs no copy through read(2) and
+/// no copy of each line (together ~7% of a CloudTrail replay). None for empty files, pipes,
+/// gzip and anything that cannot be mapped; those are read as a stream.
+///
+/// A file truncated by another process while it is mapped would fault (SIGBUS); archives a
+/// replay reads are not rewritten in place, and a file that grows is read up to its size at
+/// open, like a stream read that reached the end.
+fn map_plain(f: &std::fs::File) -> Option<memmap2::Mmap> {
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() < 2 {
+        return None;
+    }
+    // SAFETY: the mapping is read-only and private to this function's caller; see above for
+    // what happens if the file is truncated underneath it.
+    let map = unsafe { memmap2::MmapOptions::new().map(f) }.ok()?;
+    if map.starts_with(&[0x1f, 0x8b]) {
+        return None;
+    }
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Some(map)
+}
+
+/// `frame` over a file's bytes in memory: the same units and positions.
+fn frame_mapped(data: &[u8], path: &Arc<str>, sink: &mut dyn UnitSink) -> u64 {
+    // (line number, offset, the line with its newline)
+    let mut next = 0usize;
+    let mut lineno = 0u64;
+    let mut lines = std::iter::from_fn(|| {
+        if next >= data.len() {
+            return None;
+        }
+        let at = next;
+        next = memchr::memchr(b'\n', &data[at..]).map_or(data.len(), |i| at + i + 1);
+        lineno += 1;
+        Some((lineno, at, &data[at..next]))
+    });
+    let Some(first) = lines.find(|(_, _, l)| !is_blank(l)) else {
+        return 0;
+    };
+    if !is_json_line(first.2) {
+        sink.unit(&data[first.1..], pos(path, None, first.1 as u64));
+        return 1;
+    }
+    let mut units = 0u64;
+    for (lineno, offset, line) in std::iter::once(first).chain(lines) {
+        if is_blank(line) {
+            continue;
+        }
+        let end = line
+            .iter()
+            .rposition(|c| !c.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        sink.unit(&line[..end], pos(path, Some(lineno), offset as u64));
+        units += 1;
+        if units.is_multiple_of(1024) {
+            sink.progress((offset + line.len()) as u64);
+        }
+    }
+    units
 }
 
 fn pos(path: &Arc<str>, line: Option<u64>, offset: u64) -> Position {
@@ -220,4 +287,70 @@ fn frame(
         }
     }
     Ok(units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Units(Vec<(Vec<u8>, Position)>);
+
+    impl UnitSink for Units {
+        fn unit(&mut self, bytes: &[u8], pos: Position) {
+            self.0.push((bytes.to_vec(), pos));
+        }
+        fn broken(&mut self, _: RecordError, _: &[u8], _: Position) {
+            panic!("a plain stream has no framing failures");
+        }
+    }
+
+    /// A mapped file must give the units and positions a streamed one gives.
+    #[test]
+    fn mapped_framing_matches_streamed_framing() {
+        let cases: &[&[u8]] = &[
+            b"{\"a\":1}\n{\"b\":2}\n",
+            b"\n  \n{\"a\":1}\r\n\r\n{\"b\":2}  \n\n{\"c\":3}",
+            b"{\"a\":1}\nnot json\n\n{broken\n",
+            b"  \n{\n  \"Records\": [\n {\"a\": 1}\n ]\n}\n",
+            b"garbage first\n{\"a\":1}\n",
+            b"\n\n \n",
+            b"{}",
+        ];
+        let path: Arc<str> = "t.ndjson".into();
+        for case in cases {
+            let mut streamed = Units::default();
+            let n = frame(
+                Box::new(std::io::Cursor::new(case.to_vec())),
+                false,
+                path.clone(),
+                &mut streamed,
+            )
+            .expect("in-memory read");
+            let mut mapped = Units::default();
+            let m = frame_mapped(case, &path, &mut mapped);
+            assert_eq!(n, m, "unit count for {:?}", String::from_utf8_lossy(case));
+            assert_eq!(
+                format!("{:?}", streamed.0),
+                format!("{:?}", mapped.0),
+                "units for {:?}",
+                String::from_utf8_lossy(case)
+            );
+        }
+    }
+
+    #[test]
+    fn plain_files_are_mapped_and_gzip_and_empty_files_are_not() {
+        let dir = std::env::temp_dir().join(format!("auditnorm-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::File::open(p).unwrap()
+        };
+        assert!(map_plain(&write("plain", b"{\"a\":1}\n")).is_some());
+        assert!(map_plain(&write("gzip", &[0x1f, 0x8b, 8, 0])).is_none());
+        assert!(map_plain(&write("empty", b"")).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
