@@ -5,7 +5,7 @@
 //! input buffer.
 
 use crate::json::{self, Src};
-use crate::redact::{RedactionCounts, Redactor, RuleId};
+use crate::redact::{MemberVerdict, RedactionCounts, Redactor, RuleId};
 use std::borrow::Cow;
 
 /// Redaction while encoding: every string of the event passes through the redactor, with the
@@ -334,16 +334,18 @@ pub fn encode_src_redacted(
         }
         out.push(b']');
     } else {
-        let hits = if r
+        // In member order (object_verdicts sorts them), so one cursor finds each.
+        let verdicts = if r
             .redactor
             .object_might_match(&mut v.members().map(|(k, _)| k))
         {
             let members: Vec<(&str, Option<&str>)> =
                 v.members().map(|(k, x)| (k, x.as_str())).collect();
-            r.redactor.object_rules(parent, &members)
+            r.redactor.object_verdicts(parent, &members)
         } else {
             Vec::new()
         };
+        let mut verdicts = verdicts.iter().peekable();
         out.push(b'{');
         let mut first = true;
         for (i, (k, x)) in v.members().enumerate() {
@@ -356,9 +358,19 @@ pub fn encode_src_redacted(
             first = false;
             json::write_str(out, k);
             out.push(b':');
-            if let Some(&(_, rule)) = hits.iter().find(|h| h.0 == i) {
-                encode_src_blanked(out, x, rule, r);
-                continue;
+            while verdicts.next_if(|v| v.0 < i).is_some() {}
+            let verdict = verdicts.next_if(|v| v.0 == i).map(|v| v.1);
+            match verdict {
+                Some(MemberVerdict::Redact(rule)) => {
+                    encode_src_blanked(out, x, rule, r);
+                    continue;
+                }
+                // A reference to a secret: no key rule, text rules only.
+                Some(MemberVerdict::Keep(_)) => {
+                    encode_src_redacted(out, x, Some(k), r);
+                    continue;
+                }
+                None => {}
             }
             if let Some(rule) = r.redactor.key_rule(k) {
                 if !(r.redactor.descends_into_containers(rule) && (x.is_object() || x.is_array())) {

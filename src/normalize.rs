@@ -128,9 +128,7 @@ impl Redaction {
             return dl;
         }
         self.counts.merge(&counts);
-        dl.original = Some(String::from_utf8_lossy(&cleaned).into_owned());
-        dl.original_base64 = None;
-        dl.redacted = true;
+        dl.set_redacted_original(&cleaned);
         dl
     }
 }

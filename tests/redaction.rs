@@ -849,7 +849,6 @@ fn known_gap_secret_references_survive() {
 }
 
 #[test]
-#[ignore = "known over-redaction: the keep rule `secret_key_ref` is in place, but the event encoder applies the key rule `secret` without asking; src/event.rs encode_src_redacted (and src/mapping/engine.rs write_leftover_members) must use Redactor::object_verdicts and skip key rules for MemberVerdict::Keep"]
 fn known_gap_cloud_run_secret_key_ref_survives() {
     // Cloud Run env valueSource.secretKeyRef.secret ("<secret name>") names a secret.
     let failures = reference_survives("gcp/audit-entries.ndjson", "orders-db-password-runref");
@@ -857,7 +856,6 @@ fn known_gap_cloud_run_secret_key_ref_survives() {
 }
 
 #[test]
-#[ignore = "known lossy dead letter: src/normalize.rs (Redaction::dead_letter) stores the redacted bytes with String::from_utf8_lossy; it needs to call DeadLetter::set_redacted_original(&cleaned) instead, which keeps bytes that are not UTF-8 as base64"]
 fn known_gap_binary_dead_letter_keeps_its_bytes_when_redacted() {
     let secret = "PLANTED-binary-dead-letter-pw";
     let line = [

@@ -12,6 +12,7 @@ use crate::event::{encode_src, encode_src_blanked, encode_src_redacted, Out, Red
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
 use crate::ocsf::{self, OCSF_VERSION};
+use crate::redact::MemberVerdict;
 use std::borrow::Cow;
 
 /// Plan id and decision key values (as bytes, so a lookup borrows the key buffer instead of
@@ -562,6 +563,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         };
         let verdicts = red.as_ref().and_then(|r| trie.key_verdicts(r.redactor));
         // Object and pair rules look at the whole object, used members included.
+        // In member order (object_verdicts sorts them), so one cursor finds each.
         let hits = match red {
             Some(r)
                 if r.redactor
@@ -569,10 +571,11 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             {
                 let members: Vec<(&str, Option<&str>)> =
                     src.members().map(|(k, x)| (k, x.as_str())).collect();
-                r.redactor.object_rules(key, &members)
+                r.redactor.object_verdicts(key, &members)
             }
             _ => Vec::new(),
         };
+        let mut hits = hits.iter().peekable();
         for (i, (k, v)) in src.members().enumerate() {
             if v.is_null() {
                 continue;
@@ -599,8 +602,18 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             }
             crate::json::write_str(out, k);
             out.push(b':');
-            if let Some(r) = red.as_mut() {
-                let rule = hits.iter().find(|h| h.0 == i).map(|h| h.1).or_else(|| {
+            while hits.next_if(|h| h.0 < i).is_some() {}
+            let verdict = hits.next_if(|h| h.0 == i).map(|h| h.1);
+            if let (Some(r), false) = (
+                red.as_mut(),
+                matches!(verdict, Some(MemberVerdict::Keep(_))),
+            ) {
+                let by_object = match verdict {
+                    Some(MemberVerdict::Redact(rule)) => Some(rule),
+                    _ => None,
+                };
+                // A kept member (a reference to a secret) gets no key rule: text rules only.
+                let rule = by_object.or_else(|| {
                     let by_key = match (child, verdicts) {
                         (Some(c), Some(v)) => v[c as usize].rule,
                         _ => r.redactor.key_rule(k),
