@@ -565,10 +565,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         // Object and pair rules look at the whole object, used members included.
         // In member order (object_verdicts sorts them), so one cursor finds each.
         let hits = match red {
-            Some(r)
-                if r.redactor
-                    .object_might_match(&mut src.members().map(|(k, _)| k)) =>
-            {
+            Some(r) if object_might_match(r.redactor, src, known, verdicts) => {
                 let members: Vec<(&str, Option<&str>)> =
                     src.members().map(|(k, x)| (k, x.as_str())).collect();
                 r.redactor.object_verdicts(key, &members)
@@ -687,6 +684,27 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             out.truncate(mark);
         }
         out.push(b'}');
+    }
+}
+
+/// `Redactor::object_might_match` on `src`'s keys, taking the verdict of each key the trie
+/// knows (the record's top level, where the lookups found every member's trie node) from the
+/// plan instead of testing the key again.
+fn object_might_match(
+    r: &crate::redact::Redactor,
+    src: Src<'_, '_>,
+    known: Option<&[u32]>,
+    verdicts: Option<&[super::plan::KeyVerdict]>,
+) -> bool {
+    match (known, verdicts) {
+        (Some(known), Some(v)) => src.members().zip(known).any(|((k, _), &c)| {
+            if c == u32::MAX {
+                r.object_might_match(&mut std::iter::once(k))
+            } else {
+                v[c as usize].trigger
+            }
+        }),
+        _ => r.object_might_match(&mut src.members().map(|(k, _)| k)),
     }
 }
 

@@ -325,8 +325,7 @@ impl ClassSchema {
 
     /// Checks a value at a schema node; `path` names it in the violation.
     pub fn check_at(&self, id: usize, v: &Out<'_, '_>, path: &str) -> Option<Violation> {
-        let mut p = path.to_string();
-        self.check_out(id, v, &mut p).err()
+        self.check_out(id, v, &At::Top(path)).err()
     }
 
     /// The schema node at `path`; None inside a free-form object.
@@ -375,16 +374,16 @@ impl ClassSchema {
 
     /// Checks an event tree. `None` when valid.
     pub fn validate(&self, ev: &Out<'_, '_>) -> Option<Violation> {
-        let mut path = String::new();
-        self.check_out(0, ev, &mut path).err()
+        self.check_out(0, ev, &At::Top("")).err()
     }
 
-    fn fail(path: &str, reason: String) -> Result<(), Violation> {
+    fn fail(at: &At<'_>, reason: String) -> Result<(), Violation> {
+        let path = at.render();
         Err(Violation {
             path: if path.is_empty() {
                 "<event>".to_string()
             } else {
-                path.to_string()
+                path
             },
             reason,
         })
@@ -394,7 +393,7 @@ impl ClassSchema {
         &self,
         n: &SNode,
         has: impl Fn(&str) -> bool,
-        path: &str,
+        path: &At<'_>,
     ) -> Result<(), Violation> {
         for r in &n.required {
             if !has(r) {
@@ -418,16 +417,7 @@ impl ClassSchema {
         Ok(())
     }
 
-    fn push(path: &mut String, seg: &str) -> usize {
-        let len = path.len();
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(seg);
-        len
-    }
-
-    fn check_out(&self, id: usize, v: &Out<'_, '_>, path: &mut String) -> Result<(), Violation> {
+    fn check_out(&self, id: usize, v: &Out<'_, '_>, path: &At<'_>) -> Result<(), Violation> {
         let n = &self.nodes[id];
         match v {
             Out::Raw(src) => self.check_src(id, *src, path),
@@ -449,9 +439,7 @@ impl ClassSchema {
                 }
                 if let Some(it) = n.items {
                     for (i, x) in items.iter().enumerate() {
-                        let len = Self::push(path, &i.to_string());
-                        self.check_out(it, x, path)?;
-                        path.truncate(len);
+                        self.check_out(it, x, &At::Index(path, i))?;
                     }
                 }
                 Ok(())
@@ -465,22 +453,21 @@ impl ClassSchema {
                 }
                 self.check_required(n, |k| members.iter().any(|(mk, _)| *mk == k), path)?;
                 for (k, x) in members {
-                    let len = Self::push(path, k);
+                    let at = At::Key(path, k);
                     match n.props.get(*k) {
-                        Some(&c) => self.check_out(c, x, path)?,
+                        Some(&c) => self.check_out(c, x, &at)?,
                         None if n.additional => {}
                         None => {
-                            return Self::fail(path, "not an attribute of this OCSF object".into())
+                            return Self::fail(&at, "not an attribute of this OCSF object".into())
                         }
                     }
-                    path.truncate(len);
                 }
                 Ok(())
             }
         }
     }
 
-    fn check_str(&self, n: &SNode, s: &str, path: &str) -> Result<(), Violation> {
+    fn check_str(&self, n: &SNode, s: &str, path: &At<'_>) -> Result<(), Violation> {
         if n.types != 0 && n.types & T_STRING == 0 {
             return Self::fail(path, format!("expected {}, got string", type_list(n.types)));
         }
@@ -503,7 +490,7 @@ impl ClassSchema {
         Ok(())
     }
 
-    fn check_int(&self, n: &SNode, i: i64, path: &str) -> Result<(), Violation> {
+    fn check_int(&self, n: &SNode, i: i64, path: &At<'_>) -> Result<(), Violation> {
         if n.types != 0 && n.types & T_INTEGER == 0 {
             return Self::fail(
                 path,
@@ -521,7 +508,7 @@ impl ClassSchema {
         Ok(())
     }
 
-    fn check_src(&self, id: usize, v: Src<'_, '_>, path: &mut String) -> Result<(), Violation> {
+    fn check_src(&self, id: usize, v: Src<'_, '_>, path: &At<'_>) -> Result<(), Violation> {
         let n = &self.nodes[id];
         if n.types == 0 && n.props.is_empty() && n.items.is_none() {
             return Ok(());
@@ -556,9 +543,7 @@ impl ClassSchema {
                     if x.is_null() {
                         continue;
                     }
-                    let len = Self::push(path, &i.to_string());
-                    self.check_src(it, x, path)?;
-                    path.truncate(len);
+                    self.check_src(it, x, &At::Index(path, i))?;
                 }
             }
             return Ok(());
@@ -571,15 +556,41 @@ impl ClassSchema {
             if x.is_null() {
                 continue;
             }
-            let len = Self::push(path, k);
+            let at = At::Key(path, k);
             match n.props.get(k) {
-                Some(&c) => self.check_src(c, x, path)?,
+                Some(&c) => self.check_src(c, x, &at)?,
                 None if n.additional => {}
-                None => return Self::fail(path, "not an attribute of this OCSF object".into()),
+                None => return Self::fail(&at, "not an attribute of this OCSF object".into()),
             }
-            path.truncate(len);
         }
         Ok(())
+    }
+}
+
+/// Where a checked value sits: a chain of segments on the stack, rendered as a dotted path only
+/// when a check fails (building the path for every value checked cost more than the checks).
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Top(&'a str),
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl At<'_> {
+    fn render(&self) -> String {
+        let join = |parent: &At<'_>, seg: &str| {
+            let mut p = parent.render();
+            if !p.is_empty() {
+                p.push('.');
+            }
+            p.push_str(seg);
+            p
+        };
+        match self {
+            At::Top(p) => p.to_string(),
+            At::Key(parent, k) => join(parent, k),
+            At::Index(parent, i) => join(parent, &i.to_string()),
+        }
     }
 }
 
@@ -615,4 +626,50 @@ fn type_list(t: u8) -> String {
         .map(|(_, n)| *n)
         .collect();
     v.join("|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// Violation paths are rendered only on failure now; they must still name the value.
+    #[test]
+    fn violations_name_the_path_of_the_failing_value() {
+        let schema = ClassSchema::compile(
+            "Test",
+            r#"{"type":"object","required":["class_uid"],"additionalProperties":false,
+                "properties":{
+                  "class_uid":{"type":"integer","enum":[1]},
+                  "resources":{"type":"array","items":{"type":"object","additionalProperties":false,
+                    "properties":{"type":{"type":"string","enum":["a","b"]}}}}}}"#,
+        )
+        .expect("schema compiles");
+        let s = |x: &'static str| Out::Str(Cow::Borrowed(x));
+        let res = |t: &'static str| Out::Obj(vec![("type", s(t))]);
+        let event = |resources: Vec<Out<'static, 'static>>| {
+            Out::Obj(vec![
+                ("class_uid", Out::Int(1)),
+                ("resources", Out::Arr(resources)),
+            ])
+        };
+        assert!(schema.validate(&event(vec![res("a"), res("b")])).is_none());
+        let v = schema
+            .validate(&event(vec![res("a"), res("zzz")]))
+            .expect("bad enum value");
+        assert_eq!(v.path, "resources.1.type");
+        let v = schema
+            .validate(&event(vec![Out::Obj(vec![("name", s("x"))])]))
+            .expect("unknown attribute");
+        assert_eq!(v.path, "resources.0.name");
+        let v = schema
+            .validate(&Out::Obj(vec![("resources", Out::Arr(vec![]))]))
+            .expect("missing class_uid");
+        assert_eq!(v.path, "<event>");
+        let id = schema.node_of("resources").unwrap().unwrap();
+        let v = schema
+            .check_at(id, &Out::Arr(vec![res("a"), res("c")]), "resources")
+            .expect("bad enum value");
+        assert_eq!(v.path, "resources.1.type");
+    }
 }
