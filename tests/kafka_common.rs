@@ -1,20 +1,22 @@
 //! Helpers shared by the Kafka tests (`kafka_mock.rs`, `kafka_broker.rs`) and the Kafka bench:
 //! CloudTrail records with distinct event IDs, producing, reading a whole topic, committed
-//! offsets, and running a pipeline on a runtime of its own. Included with `#[path]`; as a test
-//! target of its own it only checks its record generator.
+//! offsets, and running a pipeline on a runtime of its own (`Running` and `wait_until`, from
+//! support/pipeline.rs, shared with the Kinesis tests). Included with `#[path]`; as a test target
+//! of its own it only checks its record generator.
 #![allow(dead_code)]
 
-use auditnorm::config;
-use auditnorm::mapping::Mappings;
-use auditnorm::pipeline::{self, PipelineError, Summary};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support/pipeline.rs"]
+mod pipeline;
+#[allow(unused_imports)] // not every includer uses both
+pub use pipeline::{wait_until, Running};
 
 /// Client settings that make group joins and restarts quick (see ../shared/test-services.md).
 pub const FAST_GROUP: &str =
@@ -247,64 +249,6 @@ impl Watermarks {
     }
 }
 
-/// A pipeline running on a runtime of its own; `stop` ends it like SIGTERM does.
-pub struct Running {
-    runtime: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<Summary, PipelineError>>>,
-}
-
-impl Running {
-    pub fn start(yaml: &str) -> Running {
-        let plan = config::parse(yaml)
-            .unwrap_or_else(|p| panic!("config:\n{p}"))
-            .resolve(Path::new("."))
-            .unwrap_or_else(|p| panic!("config:\n{p}"));
-        let mappings = Arc::new(Mappings::load(None).expect("tables"));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(3)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(async move {
-            pipeline::run(&plan, mappings, async {
-                let _ = rx.await;
-            })
-            .await
-        });
-        Running {
-            runtime,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.task.as_ref().is_none_or(|t| t.is_finished())
-    }
-
-    /// Waits for the pipeline to end by itself (a failure), at most `timeout`.
-    pub fn wait(mut self, timeout: Duration) -> Result<Summary, PipelineError> {
-        let task = self.task.take().expect("running");
-        let r = self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, task).await })
-            .expect("pipeline ended in time")
-            .expect("pipeline task");
-        self.runtime.shutdown_timeout(Duration::from_secs(1));
-        r
-    }
-
-    /// Stops it (drain, commit, leave) and returns how it ended.
-    pub fn stop(mut self) -> Result<Summary, PipelineError> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.wait(Duration::from_secs(60))
-    }
-}
-
 /// The config of a pipeline reading `input` (with `source`) into `output`.
 pub struct Setup<'a> {
     pub bootstrap: &'a str,
@@ -346,18 +290,6 @@ impl Setup<'_> {
             opts = FAST_GROUP,
         )
     }
-}
-
-/// Polls `f` until it is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 /// Checks an output topic against what was sent: every id in `expected` (per input

@@ -10,23 +10,22 @@
 
 #[path = "kinesis_common.rs"]
 mod kinesis_common;
+#[path = "support/pipeline.rs"]
+mod pipeline;
 
 use auditnorm::config;
 use auditnorm::kinesis::lease::{Checkpoint, DynamoLeases, Lease, LeaseStore};
-use auditnorm::mapping::Mappings;
-use auditnorm::pipeline::{self, PipelineError, Summary};
 use kinesis_common as kc;
+use pipeline::{runtime, wait_until, Running};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// Worker threads of a test's runtime, and of each pipeline it runs in-process.
+const WORKERS: usize = 2;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    runtime(WORKERS)
 }
 
 /// CloudTrail data events from the fixtures, used as templates.
@@ -99,56 +98,6 @@ pipeline:
     )
 }
 
-/// A pipeline on a runtime of its own; `stop` ends it like SIGTERM does.
-struct Running {
-    runtime: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<Summary, PipelineError>>>,
-}
-
-impl Running {
-    fn start(yaml: &str) -> Running {
-        Running::start_with(yaml, |_| {})
-    }
-
-    /// With a change to the resolved plan (settings the config file does not offer).
-    fn start_with(yaml: &str, change: impl FnOnce(&mut config::Plan)) -> Running {
-        let mut plan = config::parse(yaml)
-            .unwrap_or_else(|p| panic!("config:\n{p}"))
-            .resolve(Path::new("."))
-            .unwrap_or_else(|p| panic!("config:\n{p}"));
-        change(&mut plan);
-        let mappings = Arc::new(Mappings::load(None).expect("tables"));
-        let runtime = rt();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(async move {
-            pipeline::run(&plan, mappings, async {
-                let _ = rx.await;
-            })
-            .await
-        });
-        Running {
-            runtime,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    fn stop(mut self) -> Result<Summary, PipelineError> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let task = self.task.take().expect("running");
-        let r = self
-            .runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(60), task).await })
-            .expect("pipeline stopped in time")
-            .expect("pipeline task");
-        self.runtime.shutdown_timeout(Duration::from_secs(1));
-        r
-    }
-}
-
 /// `metadata.uid` of every event line in a file, in file order, with the line.
 fn events(path: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -169,17 +118,6 @@ fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .map(|t| t.lines().filter(|l| !l.is_empty()).count())
         .unwrap_or(0)
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 /// Per key (`<tag>-<key>-<i>`), the indices in order of first appearance; panics when a key's
@@ -306,7 +244,10 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
     });
     let dir = scratch("kinesis-order");
     let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
-    let run = Running::start(&yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""));
+    let run = Running::start_on(
+        runtime(WORKERS),
+        &yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""),
+    );
     let want = 4 * per_shard;
     let done = wait_until(Duration::from_secs(60), || {
         lines(&out) >= want && lines(&dead) >= 1
@@ -365,7 +306,10 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
         }
     });
     let out2 = dir.join("events-2.ndjson");
-    let run = Running::start(&yaml(&kinesis, &dynamo, &stream, &table, &out2, &dead, ""));
+    let run = Running::start_on(
+        runtime(WORKERS),
+        &yaml(&kinesis, &dynamo, &stream, &table, &out2, &dead, ""),
+    );
     let done = wait_until(Duration::from_secs(60), || lines(&out2) >= 200);
     // A moment more: anything read twice would show up now.
     std::thread::sleep(Duration::from_millis(500));
@@ -403,7 +347,10 @@ fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
     feed.put_round(&rt, &client, &stream, 20);
     let dir = scratch("kinesis-reshard");
     let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
-    let run = Running::start(&yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""));
+    let run = Running::start_on(
+        runtime(WORKERS),
+        &yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""),
+    );
     assert!(wait_until(Duration::from_secs(30), || lines(&out) >= 100));
     let shards: Vec<String> = rt.block_on(async {
         kc::open_shards(&client, &stream)
@@ -645,9 +592,10 @@ fn enhanced_fan_out_reads_every_shard_in_order_across_a_split() {
     let dir = scratch("kinesis-efo");
     let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
     let extra = "    enhanced_fan_out: auditnorm-test";
-    let run = Running::start(&yaml(
-        &kinesis, &dynamo, &stream, &table, &out, &dead, extra,
-    ));
+    let run = Running::start_on(
+        runtime(WORKERS),
+        &yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, extra),
+    );
     assert!(
         wait_until(Duration::from_secs(30), || lines(&out) >= 240),
         "{} events by enhanced fan-out",
@@ -730,7 +678,7 @@ fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
         "dead_letter:\n  file: -",
         &format!("dead_letter:\n  kinesis: {{stream: {dlq}, region: us-east-1, endpoint: \"{kinesis}\"}}"),
     );
-    let run = Running::start(&text);
+    let run = Running::start_on(runtime(WORKERS), &text);
     let count = |stream: &str| -> usize {
         rt.block_on(kc::read_all(&client, stream))
             .values()
@@ -846,7 +794,7 @@ fn kpl_aggregates_and_cloudwatch_logs_payloads_arrive_as_events_with_a_file_chec
         &format!("      file: {}", checkpoints.display()),
     );
     let want = 5 + cw_events;
-    let run = Running::start(&text);
+    let run = Running::start_on(runtime(WORKERS), &text);
     let done = wait_until(Duration::from_secs(30), || lines(&out) >= want);
     std::thread::sleep(Duration::from_millis(300));
     let summary = run.stop().expect("clean stop");
@@ -904,7 +852,7 @@ fn an_event_too_large_for_the_output_stream_becomes_a_dead_letter() {
     );
     // A limit between the sizes of the corpus's events, so that some fit and some do not.
     let limit = 2600;
-    let run = Running::start_with(&text, |plan| match &mut plan.output {
+    let run = Running::start_with(runtime(WORKERS), &text, |plan| match &mut plan.output {
         config::DestinationPlan::Kinesis(k) => k.max_record_bytes = Some(limit),
         other => panic!("{other:?}"),
     });
