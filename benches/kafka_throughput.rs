@@ -20,6 +20,8 @@
 
 #[path = "../tests/kafka_common.rs"]
 mod kc;
+#[path = "support/mod.rs"]
+mod support;
 
 use auditnorm::config::{self, DestinationPlan, InputPlan};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::Child;
 
 const PARTITIONS: i32 = 6;
 
@@ -171,12 +174,6 @@ fn write_config(dir: &Path, broker: &str, t: &Topics) -> PathBuf {
     path
 }
 
-/// A child process under measurement.
-struct Child {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
 impl Child {
     fn auditnorm(config: &Path, log: &Path) -> Child {
         Child::spawn(
@@ -194,61 +191,6 @@ impl Child {
                 .env("AUDITNORM_BENCH_CONFIG", config),
             log,
         )
-    }
-
-    fn spawn(cmd: &mut std::process::Command, log: &Path) -> Child {
-        let err = std::fs::File::create(log).expect("log");
-        let child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn");
-        Child {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// (peak RSS in KiB, CPU seconds) so far.
-    fn usage(&self) -> (u64, f64) {
-        let pid = self.child.id();
-        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0);
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = &s[s.rfind(')')? + 2..];
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks: f64 =
-                    f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-                Some(ticks / 100.0)
-            })
-            .unwrap_or(0.0);
-        (hwm, cpu)
-    }
-
-    fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        eprintln!("warning: {} did not stop on SIGTERM", self.log.display());
     }
 }
 

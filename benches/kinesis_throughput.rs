@@ -24,6 +24,9 @@
 //! kinesis-local (node) runs on the same cores and competes for CPU: its own CPU time is
 //! reported per phase (its PID is the one listening on the endpoint's port).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use aws_sdk_kinesis::Client;
@@ -32,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{proc_hwm, proc_stat, Child};
 
 const REGION: &str = "us-east-1";
 const SHARDS: usize = 4;
@@ -186,28 +190,6 @@ fn sent_micros(line: &[u8]) -> Option<u64> {
 // Processes: this one, children, the emulator
 // ---------------------------------------------------------------------------------------------
 
-/// CPU seconds (utime + stime) and state of a process, from /proc/PID/stat.
-fn proc_stat(pid: &str) -> Option<(f64, char)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let state = f.first()?.chars().next()?;
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some((ticks / 100.0, state))
-}
-
-/// Peak RSS (VmHWM) in KiB.
-fn proc_hwm(pid: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn own_cpu() -> f64 {
     proc_stat("self").map_or(0.0, |(c, _)| c)
 }
@@ -301,45 +283,20 @@ fn listener_pid(port: u16) -> Option<String> {
     None
 }
 
-/// A child process under measurement.
-struct Child {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
 impl Child {
-    fn spawn(args: &[&std::ffi::OsStr], log: &Path) -> Child {
-        let err = std::fs::File::create(log).expect("log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_auditnorm"))
-            .args(args)
-            // The default credential chain, pointed at dummy credentials for the emulator.
-            .envs([
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
-                ("AWS_REGION", REGION),
-                ("AWS_EC2_METADATA_DISABLED", "true"),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn auditnorm");
-        Child {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// (peak RSS in KiB, CPU seconds) so far.
-    fn usage(&self) -> (u64, f64) {
-        let pid = self.pid();
-        (
-            proc_hwm(&pid).unwrap_or(0),
-            proc_stat(&pid).map_or(0.0, |(c, _)| c),
+    /// `auditnorm ARGS`, with the environment the emulator needs.
+    fn auditnorm(args: &[&std::ffi::OsStr], log: &Path) -> Child {
+        Child::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_auditnorm"))
+                .args(args)
+                // The default credential chain, pointed at dummy credentials for the emulator.
+                .envs([
+                    ("AWS_ACCESS_KEY_ID", "test"),
+                    ("AWS_SECRET_ACCESS_KEY", "test"),
+                    ("AWS_REGION", REGION),
+                    ("AWS_EC2_METADATA_DISABLED", "true"),
+                ]),
+            log,
         )
     }
 
@@ -383,22 +340,6 @@ impl Child {
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
         (wall, cpu, hwm)
-    }
-
-    fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        eprintln!("warning: {} did not stop on SIGTERM", self.log.display());
     }
 }
 
@@ -895,7 +836,7 @@ pipeline:
 }
 
 fn run_child(f: &Files) -> Child {
-    Child::spawn(
+    Child::auditnorm(
         &["run".as_ref(), "--config".as_ref(), f.config.as_os_str()],
         &f.log,
     )
@@ -1033,7 +974,7 @@ fn replay(dir: &Path, lines: &[String], tag: &str) -> Replay {
     }
     let dead = dir.join(format!("{tag}-dead.ndjson"));
     let t0 = Instant::now();
-    let child = Child::spawn(
+    let child = Child::auditnorm(
         &[
             "replay".as_ref(),
             "--source".as_ref(),
