@@ -8,6 +8,8 @@
 //! - two `auditnorm run` processes sharing a stream through the lease table, one killed with
 //!   SIGKILL: its shards are taken over, nothing is lost, re-delivered events are identical.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "kinesis_common.rs"]
 mod kinesis_common;
 #[path = "support/pipeline.rs"]
@@ -15,6 +17,7 @@ mod pipeline;
 
 use auditnorm::config;
 use auditnorm::kinesis::lease::{Checkpoint, DynamoLeases, Lease, LeaseStore};
+use http::{free_port, get};
 use kinesis_common as kc;
 use pipeline::{runtime, wait_until, Running};
 use std::collections::{BTreeMap, BTreeSet};
@@ -389,31 +392,6 @@ fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
     }
     assert!(ls.len() >= 5, "parents and children have leases: {ls:?}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// `GET path` over a real TCP connection: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
 }
 
 struct Proc {

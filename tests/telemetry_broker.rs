@@ -7,6 +7,8 @@
 //! AUDITNORM_TEST_KAFKA is set (`export AUDITNORM_TEST_KAFKA=$(scripts/kafka-broker.sh start)`),
 //! passes with a notice when it is not, and fails when it is not set under CI=true.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "kafka_common.rs"]
 mod kc;
 
@@ -14,9 +16,9 @@ use auditnorm::dlq::DeadLetter;
 use auditnorm::mapping::Mappings;
 use auditnorm::normalize::{Emit, EventInfo, Normalizer};
 use auditnorm::record::Position;
+use http::{free_port, get};
 use kc::{create_topics, event_id, produce, record, templates, unique, wait_until, FAST_GROUP};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -94,30 +96,6 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// `GET path` over a real TCP connection: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
 }
 
 /// `name{labels} value` lines of a scrape, keyed by the series text.
