@@ -1,8 +1,9 @@
 //! Helpers shared by the Kafka tests (`kafka_mock.rs`, `kafka_broker.rs`) and the Kafka bench:
 //! CloudTrail records with distinct event IDs, producing, reading a whole topic, committed
-//! offsets, and running a pipeline on a runtime of its own (`Running` and `wait_until`, from
-//! support/pipeline.rs, shared with the Kinesis tests). Included with `#[path]`; as a test target
-//! of its own it only checks its record generator.
+//! offsets, and running a pipeline on a runtime of its own (`templates` and `record` from
+//! support/records.rs, `Running` and `wait_until` from support/pipeline.rs, shared with the
+//! Kinesis tests). Included with `#[path]`; as a test target of its own it only checks its record
+//! generator.
 #![allow(dead_code)]
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,34 +16,16 @@ use std::time::{Duration, Instant};
 
 #[path = "support/pipeline.rs"]
 mod pipeline;
-#[allow(unused_imports)] // not every includer uses both
+#[path = "support/records.rs"]
+mod records;
+#[allow(unused_imports)] // not every includer uses them all
 pub use pipeline::{wait_until, Running};
+#[allow(unused_imports)]
+pub use records::{record, templates};
 
 /// Client settings that make group joins and restarts quick (see ../shared/test-services.md).
 pub const FAST_GROUP: &str =
     "{session.timeout.ms: 1500, heartbeat.interval.ms: 500, fetch.wait.max.ms: 10}";
-
-/// CloudTrail data events from the fixtures, used as templates.
-pub fn templates() -> Vec<String> {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cloudtrail/s3-lambda-data-events.ndjson"),
-    )
-    .expect("fixture");
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// A CloudTrail record whose eventID (and so the event's metadata.uid) is `id`.
-pub fn record(templates: &[String], n: usize, id: &str) -> String {
-    let t = &templates[n % templates.len()];
-    let key = "\"eventID\":\"";
-    let start = t.find(key).expect("template has an eventID") + key.len();
-    let end = start + t[start..].find('"').expect("closing quote");
-    format!("{}{}{}", &t[..start], id, &t[end..])
-}
 
 /// The event ID given to record `i` of partition `p` in a test tagged `tag`.
 pub fn event_id(tag: &str, p: i32, i: usize) -> String {

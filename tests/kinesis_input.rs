@@ -14,12 +14,15 @@ mod http;
 mod kinesis_common;
 #[path = "support/pipeline.rs"]
 mod pipeline;
+#[path = "support/records.rs"]
+mod records;
 
 use auditnorm::config;
 use auditnorm::kinesis::lease::{Checkpoint, DynamoLeases, Lease, LeaseStore};
 use http::{free_port, get};
 use kinesis_common as kc;
 use pipeline::{runtime, wait_until, Running};
+use records::templates;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,26 +34,9 @@ fn rt() -> tokio::runtime::Runtime {
     runtime(WORKERS)
 }
 
-/// CloudTrail data events from the fixtures, used as templates.
-fn templates() -> Vec<String> {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cloudtrail/s3-lambda-data-events.ndjson"),
-    )
-    .expect("fixture");
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// A CloudTrail record whose eventID (and so the event's metadata.uid) is `id`.
+/// A CloudTrail record (support/records.rs) as the bytes to put.
 fn record(templates: &[String], n: usize, id: &str) -> Vec<u8> {
-    let t = &templates[n % templates.len()];
-    let key = "\"eventID\":\"";
-    let start = t.find(key).expect("template has an eventID") + key.len();
-    let end = start + t[start..].find('"').expect("closing quote");
-    format!("{}{}{}", &t[..start], id, &t[end..]).into_bytes()
+    records::record(templates, n, id).into_bytes()
 }
 
 fn id(tag: &str, key: &str, i: usize) -> String {
