@@ -24,6 +24,7 @@ mod kc;
 mod support;
 
 use auditnorm::config::{self, DestinationPlan, InputPlan};
+use kc::{record, templates};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -32,24 +33,13 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::Child;
+use std::time::{Duration, Instant};
+use support::{env_num, loadavg, now_micros, small_templates, Child, Script};
 
 const PARTITIONS: i32 = 6;
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+/// Starts and stops the broker when AUDITNORM_TEST_KAFKA names none.
+const BROKER: Script = Script("scripts/kafka-broker.sh");
 
 fn main() {
     if std::env::var("AUDITNORM_BENCH_ROLE").as_deref() == Ok("passthrough") {
@@ -57,10 +47,8 @@ fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; a filter that does not match skips the run.
-    if let Some(filter) = std::env::args().skip(1).find(|a| !a.starts_with('-')) {
-        if !"kafka_throughput".contains(&filter) {
-            return;
-        }
+    if support::filtered_out("kafka_throughput") {
+        return;
     }
     let secs = env_num("AUDITNORM_BENCH_SECS", 120).max(10);
     let records = env_num("AUDITNORM_BENCH_RECORDS", secs * 5000).max(10_000) as usize;
@@ -68,53 +56,17 @@ fn main() {
         Ok(b) if !b.trim().is_empty() => (b.trim().to_string(), false),
         // `start` reuses a broker the script already runs; stop only one started here.
         _ => {
-            let was_running = script_ok("status");
-            (script("start"), !was_running)
+            let was_running = BROKER.ok("status");
+            (BROKER.run("start"), !was_running)
         }
     };
     let result = std::panic::catch_unwind(|| bench(&broker, secs, records));
     if started {
-        script("stop");
+        BROKER.run("stop");
     }
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
-}
-
-fn script_ok(cmd: &str) -> bool {
-    std::process::Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh"),
-    )
-    .arg(cmd)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .status()
-    .is_ok_and(|s| s.success())
-}
-
-fn script(cmd: &str) -> String {
-    let out = std::process::Command::new(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh"),
-    )
-    .arg(cmd)
-    .output()
-    .expect("scripts/kafka-broker.sh");
-    assert!(
-        out.status.success(),
-        "kafka-broker.sh {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The ~1.1 KB CloudTrail records of the fixtures.
-fn small_templates() -> Vec<String> {
-    let t: Vec<String> = kc::templates()
-        .into_iter()
-        .filter(|l| (1000..1250).contains(&l.len()))
-        .collect();
-    assert!(!t.is_empty(), "no ~1.1 KB template");
-    t
 }
 
 /// The eventID carries the produce time, so that latency can be read off the output.
@@ -300,7 +252,7 @@ fn latency(child: Child, broker: &str, t: &Topics, rate: f64, secs: u64) -> Late
         let broker = broker.to_string();
         let topic = t.input.clone();
         std::thread::spawn(move || {
-            let templates = small_templates();
+            let templates = small_templates(templates());
             let producer = kc::producer(&broker);
             let start = Instant::now();
             let mut sent = 0usize;
@@ -308,7 +260,7 @@ fn latency(child: Child, broker: &str, t: &Topics, rate: f64, secs: u64) -> Late
                 let due = (start.elapsed().as_secs_f64() * rate) as usize;
                 while sent < due {
                     let p = (sent % PARTITIONS as usize) as i32;
-                    let rec = kc::record(&templates, sent, &bench_id(p, sent, now_micros()));
+                    let rec = record(&templates, sent, &bench_id(p, sent, now_micros()));
                     let r = FutureRecord::<(), _>::to(&topic)
                         .partition(p)
                         .payload(rec.as_bytes());
@@ -373,12 +325,12 @@ fn latency(child: Child, broker: &str, t: &Topics, rate: f64, secs: u64) -> Late
 }
 
 fn produce_backlog(broker: &str, topic: &str, records: usize) {
-    let templates = small_templates();
+    let templates = small_templates(templates());
     let producer = kc::producer(broker);
     let per = records / PARTITIONS as usize;
     for p in 0..PARTITIONS {
         let recs: Vec<String> = (0..per)
-            .map(|i| kc::record(&templates, i, &bench_id(p, i, 0)))
+            .map(|i| record(&templates, i, &bench_id(p, i, 0)))
             .collect();
         for chunk in recs.chunks(50_000) {
             kc::produce(&producer, topic, p, chunk);
@@ -386,18 +338,12 @@ fn produce_backlog(broker: &str, topic: &str, records: usize) {
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn bench(broker: &str, secs: u64, records: usize) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka-bench");
     std::fs::create_dir_all(&dir).expect("dir");
     let records = records / PARTITIONS as usize * PARTITIONS as usize;
-    let bytes: usize =
-        small_templates().iter().map(String::len).sum::<usize>() / small_templates().len();
+    let small = small_templates(templates());
+    let bytes: usize = small.iter().map(String::len).sum::<usize>() / small.len();
     eprintln!(
         "kafka bench: broker {broker}, {records} records of ~{bytes} B over {PARTITIONS} partitions, {secs}s run, load average {}",
         loadavg()

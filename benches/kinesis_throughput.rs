@@ -24,43 +24,36 @@
 //! kinesis-local (node) runs on the same cores and competes for CPU: its own CPU time is
 //! reported per phase (its PID is the one listening on the endpoint's port).
 
+#[path = "../tests/kinesis_common.rs"]
+mod kinesis_common;
+#[path = "../tests/support/records.rs"]
+mod records;
 #[path = "support/mod.rs"]
 mod support;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use aws_sdk_kinesis::Client;
+use kinesis_common::{kinesis_client, unique, REGION};
+use records::{record, templates};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{proc_hwm, proc_stat, Child};
+use std::time::{Duration, Instant};
+use support::{env_num, loadavg, now_micros, proc_hwm, proc_stat, small_templates};
+use support::{Child, Script};
 
-const REGION: &str = "us-east-1";
 const SHARDS: usize = 4;
 const POLL_INTERVAL: &str = "10ms";
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+/// Starts and stops the emulators when AUDITNORM_TEST_KINESIS names none.
+const SERVICES: Script = Script("scripts/kinesis-services.sh");
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter that does not match skips the run.
-    if let Some(filter) = std::env::args().skip(1).find(|a| !a.starts_with('-')) {
-        if !"kinesis_throughput".contains(&filter) {
-            return;
-        }
+    if support::filtered_out("kinesis_throughput") {
+        return;
     }
     let secs = env_num("AUDITNORM_BENCH_SECS", 60).max(10);
     let records = env_num("AUDITNORM_BENCH_RECORDS", secs * 300).max(4000) as usize;
@@ -75,8 +68,8 @@ fn main() {
         Ok(k) if !k.trim().is_empty() => (k.trim().to_string(), false),
         // `start` reuses services the script already runs; stop only what was started here.
         _ => {
-            let was_running = script_ok("status");
-            let out = script("start");
+            let was_running = SERVICES.ok("status");
+            let out = SERVICES.run("start");
             let k = out
                 .lines()
                 .find_map(|l| l.strip_prefix("AUDITNORM_TEST_KINESIS="))
@@ -95,37 +88,11 @@ fn main() {
         })
     });
     if started {
-        script("stop");
+        SERVICES.run("stop");
     }
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
-}
-
-fn services_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kinesis-services.sh")
-}
-
-fn script_ok(cmd: &str) -> bool {
-    std::process::Command::new(services_script())
-        .arg(cmd)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn script(cmd: &str) -> String {
-    let out = std::process::Command::new(services_script())
-        .arg(cmd)
-        .output()
-        .expect("scripts/kinesis-services.sh");
-    assert!(
-        out.status.success(),
-        "kinesis-services.sh {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 struct Settings {
@@ -138,31 +105,6 @@ struct Settings {
 // ---------------------------------------------------------------------------------------------
 // Records
 // ---------------------------------------------------------------------------------------------
-
-/// The ~1.1 KB CloudTrail records of the fixtures (as tests/kinesis_input.rs uses them).
-fn small_templates() -> Vec<String> {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cloudtrail/s3-lambda-data-events.ndjson"),
-    )
-    .expect("fixture");
-    let t: Vec<String> = text
-        .lines()
-        .filter(|l| (1000..1250).contains(&l.len()))
-        .map(str::to_string)
-        .collect();
-    assert!(!t.is_empty(), "no ~1.1 KB template");
-    t
-}
-
-/// A CloudTrail record whose eventID (and so the event's metadata.uid) is `id`.
-fn record(templates: &[String], n: usize, id: &str) -> String {
-    let t = &templates[n % templates.len()];
-    let key = "\"eventID\":\"";
-    let start = t.find(key).expect("template has an eventID") + key.len();
-    let end = start + t[start..].find('"').expect("closing quote");
-    format!("{}{}{}", &t[..start], id, &t[end..])
-}
 
 /// The eventID carries the put time, so that latency can be read off the output.
 fn bench_id(shard: usize, i: usize, sent_micros: u64) -> String {
@@ -192,12 +134,6 @@ fn sent_micros(line: &[u8]) -> Option<u64> {
 
 fn own_cpu() -> f64 {
     proc_stat("self").map_or(0.0, |(c, _)| c)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// The process serving the emulator: the one listening on the endpoint's port (found through
@@ -290,12 +226,7 @@ impl Child {
             std::process::Command::new(env!("CARGO_BIN_EXE_auditnorm"))
                 .args(args)
                 // The default credential chain, pointed at dummy credentials for the emulator.
-                .envs([
-                    ("AWS_ACCESS_KEY_ID", "test"),
-                    ("AWS_SECRET_ACCESS_KEY", "test"),
-                    ("AWS_REGION", REGION),
-                    ("AWS_EC2_METADATA_DISABLED", "true"),
-                ]),
+                .envs(kinesis_common::child_env()),
             log,
         )
     }
@@ -406,28 +337,6 @@ fn count_lines(path: &Path) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Kinesis
 // ---------------------------------------------------------------------------------------------
-
-fn client(endpoint: &str) -> Client {
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .region(aws_sdk_kinesis::config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .build();
-    Client::from_conf(conf)
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        now_micros() % 1_000_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// A stream of the bench: its shards (id, starting hash key) in hash order.
 struct Stream {
@@ -601,7 +510,7 @@ fn put_backlog(
     stream: &Stream,
     per_shard: usize,
 ) -> (Vec<String>, f64) {
-    let templates = small_templates();
+    let templates = small_templates(templates());
     let per: Vec<Vec<String>> = (0..stream.shards.len())
         .map(|s| {
             (0..per_shard)
@@ -1035,14 +944,14 @@ fn latency(
     let mut tail = Tail::new(&f.out);
     let t0 = Instant::now();
     let mut child = run_child(&f);
-    let templates = small_templates();
+    let templates = small_templates(templates());
     // Warm-up: one record per shard, and wait until all are out (leases taken, readers up).
     {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let c = client(endpoint);
+        let c = kinesis_client(endpoint);
         rt.block_on(async {
             for (s, (id, hash)) in stream.shards.iter().enumerate() {
                 let rec = record(&templates, s, &format!("warmup-{s}"));
@@ -1077,7 +986,7 @@ fn latency(
                 .enable_all()
                 .build()
                 .expect("runtime");
-            let c = client(&endpoint);
+            let c = kinesis_client(&endpoint);
             let mut puts = Vec::new();
             rt.block_on(async {
                 let start = Instant::now();
@@ -1177,13 +1086,13 @@ fn bench(s: &Settings) {
         .enable_all()
         .build()
         .expect("runtime");
-    let c = client(&s.endpoint);
+    let c = kinesis_client(&s.endpoint);
     let streams = Streams {
         rt: rt.handle().clone(),
         client: c.clone(),
         names: Mutex::new(Vec::new()),
     };
-    let bytes = small_templates()[0].len();
+    let bytes = small_templates(templates())[0].len();
     let per_shard = s.records / SHARDS;
     eprintln!(
         "kinesis bench: kinesis-local at {} (pid {}), {} records of ~{bytes} B on {SHARDS} shards \

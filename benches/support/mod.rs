@@ -1,13 +1,92 @@
 //! Helpers shared by the benches that measure a child process (kafka_throughput.rs,
 //! kinesis_throughput.rs): [`Child`] (spawn with stderr to a log, peak RSS and CPU time so far,
-//! stop with SIGTERM), and the /proc readings behind it.
+//! stop with SIGTERM) and the /proc readings behind it; the service [`Script`] that starts the
+//! broker or the emulators; the ~1.1 KB CloudTrail templates; settings from the environment.
 //!
 //! Included with `#[path = "support/mod.rs"] mod support;` (a subdirectory, so that Cargo does
 //! not make it a bench target of its own). Each bench uses part of it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Whether the filter given to the bench (its first argument that is not a flag: `cargo bench`
+/// passes `--bench`) leaves out the bench `name`: then it does not run.
+pub fn filtered_out(name: &str) -> bool {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|filter| !name.contains(&filter))
+}
+
+/// A number from the environment variable `name`, else `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The ~1.1 KB ones of the fixtures' CloudTrail records (`templates()` of
+/// tests/support/records.rs).
+pub fn small_templates(templates: Vec<String>) -> Vec<String> {
+    let t: Vec<String> = templates
+        .into_iter()
+        .filter(|l| (1000..1250).contains(&l.len()))
+        .collect();
+    assert!(!t.is_empty(), "no ~1.1 KB template");
+    t
+}
+
+/// A service script of the repository (`scripts/kafka-broker.sh`, `scripts/kinesis-services.sh`):
+/// `start`, `stop`, `status`.
+pub struct Script(pub &'static str);
+
+impl Script {
+    fn command(&self, cmd: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(self.0));
+        c.arg(cmd);
+        c
+    }
+
+    /// Runs `script cmd` quietly: whether it succeeded.
+    pub fn ok(&self, cmd: &str) -> bool {
+        self.command(cmd)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Runs `script cmd`: its standard output, trimmed; panics with its stderr if it fails.
+    pub fn run(&self, cmd: &str) -> String {
+        let out = self
+            .command(cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.0));
+        assert!(
+            out.status.success(),
+            "{} {cmd}: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
 
 /// CPU seconds (utime + stime) and state of a process, from /proc/PID/stat.
 pub fn proc_stat(pid: &str) -> Option<(f64, char)> {
