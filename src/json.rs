@@ -143,7 +143,12 @@ impl<'t, 'i> Src<'t, 'i> {
 
     /// Member of an object by key (first match, as JSON parsers do).
     pub fn get(&self, key: &str) -> Option<Src<'t, 'i>> {
-        self.members().find(|(k, _)| *k == key).map(|(_, v)| v)
+        for (k, v) in self.members() {
+            if key_eq(k, key) {
+                return Some(v);
+            }
+        }
+        None
     }
 
     /// True for null, and for empty objects and arrays: values that carry nothing to keep.
@@ -197,6 +202,33 @@ impl<'t, 'i> Iterator for Elements<'t, 'i> {
         let v = Src(&self.rest[..span]);
         self.rest = &self.rest[span..];
         Some(v)
+    }
+}
+
+/// Key equality without a `memcmp` call for keys of up to 16 bytes (most JSON keys): two
+/// overlapping word compares.
+#[inline(always)]
+pub fn key_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |x: &[u8], i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&x[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let w4 = |x: &[u8], i: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&x[i..i + 4]);
+        u32::from_le_bytes(w)
+    };
+    match n {
+        0..=3 => a == b,
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => w8(a, 0) == w8(b, 0) && a == b,
     }
 }
 

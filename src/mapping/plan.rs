@@ -144,7 +144,7 @@ impl Trie {
         };
         // A plain loop: `Iterator::find` here was sometimes left as an out-of-line call.
         for &(k, id) in candidates {
-            if key_eq(k, key) {
+            if crate::json::key_eq(k, key) {
                 return Some(id);
             }
         }
@@ -153,33 +153,6 @@ impl Trie {
 
     pub fn is_leaf(&self, node: u32) -> bool {
         self.nodes[node as usize].children.is_empty()
-    }
-}
-
-/// Key equality without a `memcmp` call for keys of up to 16 bytes (most JSON keys): two
-/// overlapping word compares.
-#[inline(always)]
-fn key_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let w8 = |x: &[u8], i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&x[i..i + 8]);
-        u64::from_le_bytes(w)
-    };
-    let w4 = |x: &[u8], i: usize| {
-        let mut w = [0u8; 4];
-        w.copy_from_slice(&x[i..i + 4]);
-        u32::from_le_bytes(w)
-    };
-    match n {
-        0..=3 => a == b,
-        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
-        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
-        _ => w8(a, 0) == w8(b, 0) && a == b,
     }
 }
 
