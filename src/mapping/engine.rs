@@ -1131,6 +1131,7 @@ impl Plan {
             vals: recycle(std::mem::take(&mut scratch_slots.0)),
             present: std::mem::take(&mut scratch_slots.1),
             written: std::mem::take(&mut scratch_slots.2),
+            prefix: ("", 0),
         };
         if slots.vals.len() < sk.nodes.len() {
             slots.vals.resize_with(sk.nodes.len(), || None);
@@ -1147,14 +1148,26 @@ impl Plan {
                 .map(|(_, n)| *n)
                 .unwrap_or("");
             let s = |x: &'static str| Out::Str(Cow::Borrowed(x));
-            slots.put(sk, h.class_uid, Out::Int(info.uid));
-            slots.put(sk, h.class_name, s(info.caption));
-            slots.put(sk, h.category_uid, Out::Int(info.category_uid()));
-            slots.put(sk, h.category_name, s(info.category_caption));
-            slots.put(sk, h.activity_id, Out::Int(activity));
-            slots.put(sk, h.activity_name, s(act_caption));
-            slots.put(sk, h.type_uid, Out::Int(info.uid * 100 + activity));
-            slots.put(sk, h.type_name, s(type_name));
+            match class.header_json.iter().find(|(a, _)| *a == activity) {
+                Some((_, json)) => {
+                    // Encoded once per class and activity when the plan was compiled.
+                    for slot in h.leading() {
+                        slots.present[slot as usize] = true;
+                    }
+                    slots.present[0] = true;
+                    slots.prefix = (json, h.leading().len());
+                }
+                None => {
+                    slots.put(sk, h.class_uid, Out::Int(info.uid));
+                    slots.put(sk, h.class_name, s(info.caption));
+                    slots.put(sk, h.category_uid, Out::Int(info.category_uid()));
+                    slots.put(sk, h.category_name, s(info.category_caption));
+                    slots.put(sk, h.activity_id, Out::Int(activity));
+                    slots.put(sk, h.activity_name, s(act_caption));
+                    slots.put(sk, h.type_uid, Out::Int(info.uid * 100 + activity));
+                    slots.put(sk, h.type_name, s(type_name));
+                }
+            }
             for f in &class.fields {
                 match &f.source {
                     SourceP::Paths(paths) if f.simple => {
@@ -1277,7 +1290,13 @@ fn encode_node(
 ) {
     out.push(b'{');
     let mut first = true;
-    for &c in &skel.nodes[id as usize].children {
+    let mut children = skel.nodes[id as usize].children.as_slice();
+    if id == 0 && slots.prefix.1 > 0 {
+        out.extend_from_slice(slots.prefix.0.as_bytes());
+        first = false;
+        children = &children[slots.prefix.1..];
+    }
+    for &c in children {
         if !slots.present[c as usize] {
             if c == spot {
                 *found = Some((out.len(), first));
@@ -1364,6 +1383,58 @@ fn recycle<'a, 'b>(v: Vec<Option<Out<'a, 'a>>>) -> Vec<Option<Out<'b, 'b>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pre-encoded header of every built-in class and activity is what filling the header
+    /// slots one by one and encoding them writes.
+    #[test]
+    fn pre_encoded_headers_match_slot_encoding() {
+        let mappings = crate::mapping::Mappings::load(None).expect("built-in tables");
+        let mut checked = 0;
+        for plan in mappings.plans() {
+            for class in &plan.classes {
+                assert!(
+                    !class.header_json.is_empty(),
+                    "{} {}: no pre-encoded header",
+                    plan.origin,
+                    class.info.name
+                );
+                let (sk, h, info) = (&class.skeleton, &class.header, class.info);
+                for &(activity, json) in &class.header_json {
+                    let mut slots = Slots {
+                        vals: vec![None; sk.nodes.len()],
+                        present: vec![false; sk.nodes.len()],
+                        written: Vec::new(),
+                        prefix: ("", 0),
+                    };
+                    let s = |x: &'static str| Out::Str(Cow::Borrowed(x));
+                    let type_name = class
+                        .type_names
+                        .iter()
+                        .find(|(a, _)| *a == activity)
+                        .map_or("", |(_, n)| *n);
+                    slots.put(sk, h.class_uid, Out::Int(info.uid));
+                    slots.put(sk, h.class_name, s(info.caption));
+                    slots.put(sk, h.category_uid, Out::Int(info.category_uid()));
+                    slots.put(sk, h.category_name, s(info.category_caption));
+                    slots.put(sk, h.activity_id, Out::Int(activity));
+                    let caption = info.activity_caption(activity).unwrap_or("Other");
+                    slots.put(sk, h.activity_name, s(caption));
+                    slots.put(sk, h.type_uid, Out::Int(info.uid * 100 + activity));
+                    slots.put(sk, h.type_name, s(type_name));
+                    let mut out = Vec::new();
+                    slots.encode(sk, &mut out, None);
+                    assert_eq!(
+                        String::from_utf8(out).unwrap(),
+                        format!("{{{json}}}"),
+                        "{} activity {activity}",
+                        info.name
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20, "only {checked} headers checked");
+    }
 
     #[test]
     fn datetime_check_matches_the_ocsf_pattern() {

@@ -6,6 +6,7 @@
 use super::extract::Extract;
 use super::skeleton::{Skeleton, NEVER};
 use super::table::{self, Cond, Field, LookupRef, OneOrMany, Table};
+use crate::event::Out;
 use crate::ocsf::schema::{ClassSchema, LeafKind};
 use crate::ocsf::{self, ClassInfo};
 use crate::record::SourceKind;
@@ -324,6 +325,20 @@ pub struct Header {
 }
 
 impl Header {
+    /// The class and activity attributes, in the order OCSF lists them first in an event.
+    pub fn leading(&self) -> [u32; 8] {
+        [
+            self.class_uid,
+            self.class_name,
+            self.category_uid,
+            self.category_name,
+            self.activity_id,
+            self.activity_name,
+            self.type_uid,
+            self.type_name,
+        ]
+    }
+
     /// The slots only the engine writes, with constants (no source text can reach them).
     fn engine_written(&self) -> [u32; 13] {
         [
@@ -358,6 +373,10 @@ pub struct ClassP {
     pub type_names: Vec<(i64, &'static str)>,
     /// `metadata.profiles` pre-encoded.
     pub profiles_json: &'static str,
+    /// Per activity id: the header attributes (`Header::leading`) encoded as the event's first
+    /// members. Empty when they are not the skeleton's first root children or a field also
+    /// writes one of them; the engine then fills their slots one by one.
+    pub header_json: Vec<(i64, &'static str)>,
 }
 
 #[derive(Debug)]
@@ -375,6 +394,55 @@ pub struct Plan {
     pub decision_keys: Option<Vec<SrcPath>>,
     /// Distinguishes plans in a lane's decision cache.
     pub id: u32,
+}
+
+/// `ClassP::header_json`: what encoding the header slots would write, per activity.
+fn header_json(
+    info: &'static ClassInfo,
+    sk: &Skeleton,
+    h: &Header,
+    type_names: &[(i64, &'static str)],
+) -> Vec<(i64, &'static str)> {
+    let leading = h.leading();
+    let root = &sk.nodes[0].children;
+    let fits = root.len() >= leading.len()
+        && root[..leading.len()] == leading
+        && leading.iter().all(|&id| {
+            let n = &sk.nodes[id as usize];
+            n.leaf && !n.sourced
+        });
+    if !fits {
+        return Vec::new();
+    }
+    let s = |x: &'static str| Out::Str(std::borrow::Cow::Borrowed(x));
+    info.activities
+        .iter()
+        .map(|&(activity, caption)| {
+            let type_name = type_names
+                .iter()
+                .find(|(a, _)| *a == activity)
+                .map_or("", |(_, n)| *n);
+            let values = [
+                Out::Int(info.uid),
+                s(info.caption),
+                Out::Int(info.category_uid()),
+                s(info.category_caption),
+                Out::Int(activity),
+                s(caption),
+                Out::Int(info.uid * 100 + activity),
+                s(type_name),
+            ];
+            let mut json = Vec::new();
+            for (n, (&slot, v)) in leading.iter().zip(&values).enumerate() {
+                if n > 0 {
+                    json.push(b',');
+                }
+                json.extend_from_slice(sk.nodes[slot as usize].key_json.as_bytes());
+                v.encode(&mut json);
+            }
+            (activity, leak(&String::from_utf8_lossy(&json)))
+        })
+        .collect()
 }
 
 fn collect_paths(c: &CondP, out: &mut Vec<SrcPath>) -> bool {
@@ -1122,13 +1190,14 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
             })?);
         }
         let (skeleton, header) = c.skeleton(&schema, &mut fields, line, info.name)?;
-        let type_names = info
+        let type_names: Vec<(i64, &'static str)> = info
             .activities
             .iter()
             .map(|(id, cap)| (*id, leak(&format!("{}: {cap}", info.caption))))
             .collect();
         let profiles_json =
             leak(&serde_json::to_string(&table.profiles).unwrap_or_else(|_| "[]".to_string()));
+        let header_json = header_json(info, &skeleton, &header, &type_names);
         classes.push(ClassP {
             info,
             schema,
@@ -1139,6 +1208,7 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
             header,
             type_names,
             profiles_json,
+            header_json,
         });
     }
     let mut keys = Vec::new();

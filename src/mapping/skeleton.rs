@@ -187,6 +187,10 @@ pub struct Slots<'t, 'i> {
     pub present: Vec<bool>,
     /// The slots `put` filled, so that only they are emptied after the event.
     pub written: Vec<u32>,
+    /// The event's leading root members already encoded (the class and activity header, the
+    /// same for every event of a class and activity), and how many root children they cover;
+    /// those slots are present but hold no value.
+    pub prefix: (&'static str, usize),
 }
 
 impl<'t, 'i> Slots<'t, 'i> {
@@ -277,7 +281,13 @@ impl<'t, 'i> Slots<'t, 'i> {
     ) {
         out.push(b'{');
         let mut first = true;
-        for &c in &skel.nodes[id as usize].children {
+        let mut children = skel.nodes[id as usize].children.as_slice();
+        if id == 0 && self.prefix.1 > 0 {
+            out.extend_from_slice(self.prefix.0.as_bytes());
+            first = false;
+            children = &children[self.prefix.1..];
+        }
+        for &c in children {
             if !self.present[c as usize] {
                 continue;
             }
