@@ -943,7 +943,7 @@ fn is_ocsf_datetime(s: &str) -> bool {
 }
 
 /// Converts a value to what the OCSF attribute holds, where that loses nothing.
-fn coerce<'t, 'i>(v: Out<'t, 'i>, kind: LeafKind) -> Result<Out<'t, 'i>, String> {
+pub(super) fn coerce<'t, 'i>(v: Out<'t, 'i>, kind: LeafKind) -> Result<Out<'t, 'i>, String> {
     let got = |v: &Out| match v {
         Out::Raw(s) => s.type_name(),
         Out::Str(_) => "string",
@@ -1173,6 +1173,7 @@ impl Plan {
                     SourceP::Paths(paths) if f.simple => {
                         run.assign_plain(f, paths, &mut slots, sk, None)?
                     }
+                    SourceP::Const(_) if f.fixed => {}
                     SourceP::Const(c) if f.konst => run.assign_const(f, c, &mut slots, sk)?,
                     _ => run.assign(f, &mut Target::Slots(&mut slots, sk), None)?,
                 }
@@ -1192,8 +1193,16 @@ impl Plan {
                     slots.put(sk, caption_slot, s(caption(id)));
                 }
             }
-            slots.put(sk, h.version, s(OCSF_VERSION));
-            slots.put(sk, h.profiles, Out::Json(class.profiles_json));
+            // Leaves with the same value in every event are encoded in the skeleton.
+            for &id in &class.fixed_present {
+                slots.present[id as usize] = true;
+            }
+            if sk.nodes[h.version as usize].fixed.is_none() {
+                slots.put(sk, h.version, s(OCSF_VERSION));
+            }
+            if sk.nodes[h.profiles as usize].fixed.is_none() {
+                slots.put(sk, h.profiles, Out::Json(class.profiles_json));
+            }
             if let Some(v) = slots.validate(sk, &class.schema) {
                 return Err(RecordError::new(
                     ErrorCode::SchemaViolation,
@@ -1321,6 +1330,8 @@ fn encode_node(
                 } else {
                     v.encode_redacted(out, red.as_deref_mut());
                 }
+            } else if let Some(json) = n.fixed {
+                out.extend_from_slice(json.as_bytes());
             }
         } else {
             encode_node(slots, skel, c, out, red, spot, found);
@@ -1387,7 +1398,7 @@ mod tests {
     /// The pre-encoded header of every built-in class and activity is what filling the header
     /// slots one by one and encoding them writes.
     #[test]
-    fn pre_encoded_headers_match_slot_encoding() {
+    fn pre_encoded_headers_and_fixed_leaves_match_slot_encoding() {
         let mappings = crate::mapping::Mappings::load(None).expect("built-in tables");
         let mut checked = 0;
         for plan in mappings.plans() {
@@ -1399,6 +1410,22 @@ mod tests {
                     class.info.name
                 );
                 let (sk, h, info) = (&class.skeleton, &class.header, class.info);
+                // Fixed leaves are present in every event, with their ancestors.
+                assert_eq!(sk.nodes[h.version as usize].fixed, Some("\"1.8.0\""));
+                for id in
+                    (0..sk.nodes.len() as u32).filter(|&i| sk.nodes[i as usize].fixed.is_some())
+                {
+                    let mut a = id;
+                    while a != NEVER {
+                        assert!(
+                            class.fixed_present.contains(&a),
+                            "{} {}",
+                            info.name,
+                            sk.path(id)
+                        );
+                        a = sk.nodes[a as usize].parent;
+                    }
+                }
                 for &(activity, json) in &class.header_json {
                     let mut slots = Slots {
                         vals: vec![None; sk.nodes.len()],

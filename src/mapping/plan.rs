@@ -301,6 +301,8 @@ pub struct FieldP {
     pub simple: bool,
     /// `value`, maybe with `when`, and nothing else: the engine writes the constant.
     pub konst: bool,
+    /// An unconditional constant encoded in the skeleton (`SkelNode::fixed`): skipped per record.
+    pub fixed: bool,
 }
 
 /// Skeleton slots the engine itself writes.
@@ -377,6 +379,8 @@ pub struct ClassP {
     /// members. Empty when they are not the skeleton's first root children or a field also
     /// writes one of them; the engine then fills their slots one by one.
     pub header_json: Vec<(i64, &'static str)>,
+    /// The fixed leaves (`SkelNode::fixed`) and their ancestors: present in every event.
+    pub fixed_present: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -394,6 +398,80 @@ pub struct Plan {
     pub decision_keys: Option<Vec<SrcPath>>,
     /// Distinguishes plans in a lane's decision cache.
     pub id: u32,
+}
+
+/// Encodes into the skeleton the leaves every event of the class gets with the same value:
+/// unconditional constants that are their slot's only writer, and the engine's
+/// `metadata.version` and `metadata.profiles`. Marks those fields `fixed` and returns the nodes
+/// each event marks present for them (the leaves and their ancestors).
+fn fix_constants(
+    sk: &mut Skeleton,
+    h: &Header,
+    fields: &mut [FieldP],
+    profiles_json: &'static str,
+) -> Vec<u32> {
+    let mut writers = vec![0u32; sk.nodes.len()];
+    for f in fields.iter() {
+        for slot in [f.slot, f.otherwise_slot] {
+            if slot != NEVER {
+                writers[slot as usize] += 1;
+            }
+        }
+    }
+    // The engine reads or writes these itself.
+    let engine = [h.severity_id, h.severity, h.status_id, h.status, h.labels];
+    let mut fixed = Vec::new();
+    for f in fields.iter_mut() {
+        let SourceP::Const(c) = &f.source else {
+            continue;
+        };
+        if !f.konst
+            || f.when.is_some()
+            || f.slot == NEVER
+            || writers[f.slot as usize] != 1
+            || engine.contains(&f.slot)
+            || h.leading().contains(&f.slot)
+        {
+            continue;
+        }
+        let value = match c {
+            ConstV::Str(s) => Out::Str((*s).into()),
+            ConstV::Int(i) => Out::Int(*i),
+            ConstV::Bool(b) => Out::Bool(*b),
+            ConstV::StrList(l) => Out::Arr(l.iter().map(|s| Out::Str((*s).into())).collect()),
+        };
+        // A constant the engine would reject at run time stays a per-record field, so that
+        // every record still gets that error.
+        let Ok(value) = super::engine::coerce(value, f.kind) else {
+            continue;
+        };
+        let mut json = Vec::new();
+        value.encode(&mut json);
+        f.fixed = true;
+        fixed.push((f.slot, json));
+    }
+    for (slot, value) in [
+        (h.version, Out::Str(ocsf::OCSF_VERSION.into())),
+        (h.profiles, Out::Json(profiles_json)),
+    ] {
+        if slot != NEVER && writers[slot as usize] == 0 {
+            let mut json = Vec::new();
+            value.encode(&mut json);
+            fixed.push((slot, json));
+        }
+    }
+    let mut present = vec![false; sk.nodes.len()];
+    for (slot, json) in fixed {
+        sk.nodes[slot as usize].fixed = Some(leak(&String::from_utf8_lossy(&json)));
+        let mut id = slot;
+        while id != NEVER && !present[id as usize] {
+            present[id as usize] = true;
+            id = sk.nodes[id as usize].parent;
+        }
+    }
+    (0..sk.nodes.len() as u32)
+        .filter(|&id| present[id as usize])
+        .collect()
 }
 
 /// `ClassP::header_json`: what encoding the header slots would write, per activity.
@@ -872,6 +950,7 @@ impl Compiler<'_> {
         Ok(FieldP {
             simple,
             konst,
+            fixed: false,
             line,
             to_text: leak(f.to.get_ref()),
             to,
@@ -1198,6 +1277,8 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
         let profiles_json =
             leak(&serde_json::to_string(&table.profiles).unwrap_or_else(|_| "[]".to_string()));
         let header_json = header_json(info, &skeleton, &header, &type_names);
+        let mut skeleton = skeleton;
+        let fixed_present = fix_constants(&mut skeleton, &header, &mut fields, profiles_json);
         classes.push(ClassP {
             info,
             schema,
@@ -1209,6 +1290,7 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
             type_names,
             profiles_json,
             header_json,
+            fixed_present,
         });
     }
     let mut keys = Vec::new();

@@ -30,6 +30,10 @@ pub struct SkelNode {
     pub plain: bool,
     /// Leaf: some writer copies source text into it (`plain` cannot be set again).
     pub sourced: bool,
+    /// Leaf: the same value in every event of the class (an unconditional constant that is
+    /// the slot's only writer, `metadata.version`, `metadata.profiles`), encoded once. The slot
+    /// stays empty; `ClassP::fixed_present` marks it present.
+    pub fixed: Option<&'static str>,
     /// Object: required children, anyOf and oneOf alternatives, as node ids (NEVER when the
     /// table has no way to write that attribute).
     pub required: Vec<(&'static str, u32)>,
@@ -310,6 +314,8 @@ impl<'t, 'i> Slots<'t, 'i> {
                     } else {
                         v.encode_redacted(out, red.as_deref_mut());
                     }
+                } else if let Some(json) = n.fixed {
+                    out.extend_from_slice(json.as_bytes());
                 }
             } else {
                 self.encode_node(skel, c, out, red);
