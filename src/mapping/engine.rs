@@ -396,7 +396,22 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 return Ok(());
             }
         }
-        let Some((mut v, origin)) = self.value(f, elem)? else {
+        // Source paths (most fields that reach here) inline: through `value`, the result came
+        // back through memory and the reload stalled.
+        let got = match &f.source {
+            SourceP::Paths(paths) => {
+                let mut found = None;
+                for path in paths {
+                    if let Some(v) = self.get(path, elem) {
+                        found = Some((Out::Raw(v), Some((path, v))));
+                        break;
+                    }
+                }
+                found
+            }
+            _ => self.value(f, elem)?,
+        };
+        let Some((mut v, origin)) = got else {
             if let Some(d) = &f.default {
                 target.put(&f.to, f.slot, Self::constant(d));
             }
@@ -800,6 +815,7 @@ enum Transformed<'t, 'i> {
     Nothing,
 }
 
+#[inline(always)]
 fn apply_transform<'t, 'i>(
     t: Transform,
     v: Out<'t, 'i>,
