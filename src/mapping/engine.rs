@@ -342,7 +342,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 let v = if f.kind == LeafKind::String && src.as_str().is_some() {
                     Out::Raw(src)
                 } else {
-                    coerce(Out::Raw(src), f.kind)
+                    coerce_fast(Out::Raw(src), f.kind)
                         .map_err(|why| field_err(f, format!("{why} (from `{}`)", path.text)))?
                 };
                 s.put(sk, f.slot, v);
@@ -481,7 +481,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 None => return Ok(()),
             }
         }
-        let v = coerce(v, dest.1).map_err(|why| {
+        let v = coerce_fast(v, dest.1).map_err(|why| {
             field_err(
                 f,
                 format!(
@@ -959,6 +959,23 @@ fn is_ocsf_datetime(s: &str) -> bool {
 }
 
 /// Converts a value to what the OCSF attribute holds, where that loses nothing.
+/// `coerce` with the common cases (the value already has the leaf's type) inline, so that they
+/// do not return through memory.
+#[inline(always)]
+fn coerce_fast<'t, 'i>(v: Out<'t, 'i>, kind: LeafKind) -> Result<Out<'t, 'i>, String> {
+    match (kind, &v) {
+        (LeafKind::Any, _)
+        | (LeafKind::String, Out::Str(_))
+        | (LeafKind::Integer | LeafKind::Number, Out::Int(_))
+        | (LeafKind::Boolean, Out::Bool(_)) => Ok(v),
+        (LeafKind::String, Out::Raw(s)) if s.as_str().is_some() => Ok(v),
+        (LeafKind::Integer | LeafKind::Number, Out::Raw(s)) if s.as_i64().is_some() => {
+            Ok(Out::Int(s.as_i64().unwrap_or_default()))
+        }
+        _ => coerce(v, kind),
+    }
+}
+
 pub(super) fn coerce<'t, 'i>(v: Out<'t, 'i>, kind: LeafKind) -> Result<Out<'t, 'i>, String> {
     let got = |v: &Out| match v {
         Out::Raw(s) => s.type_name(),
