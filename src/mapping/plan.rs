@@ -1279,6 +1279,9 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
         let header_json = header_json(info, &skeleton, &header, &type_names);
         let mut skeleton = skeleton;
         let fixed_present = fix_constants(&mut skeleton, &header, &mut fields, profiles_json);
+        // Every event has the header and the fixed leaves: their requirements cannot fail.
+        let always: Vec<u32> = fixed_present.iter().copied().chain(header.leading()).collect();
+        skeleton.prune_guaranteed(&always);
         classes.push(ClassP {
             info,
             schema,

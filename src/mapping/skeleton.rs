@@ -112,6 +112,26 @@ impl Skeleton {
     }
 
     /// Resolves the OCSF requirements of every object node against the slots that exist.
+    /// Drops the requirements that nodes present in every event (`always`) meet, and the
+    /// checks left with nothing to check: `validate` then only looks at what can fail.
+    pub fn prune_guaranteed(&mut self, always: &[u32]) {
+        let mut sure = vec![false; self.nodes.len()];
+        for &id in always {
+            sure[id as usize] = true;
+        }
+        for n in &mut self.nodes {
+            n.required.retain(|&(_, c)| c == NEVER || !sure[c as usize]);
+            if n.any_of.iter().any(|alt| alt.iter().all(|&c| c != NEVER && sure[c as usize])) {
+                n.any_of.clear();
+            }
+        }
+        let nodes = &self.nodes;
+        self.checks.retain(|&id| {
+            let n = &nodes[id as usize];
+            n.leaf || !n.required.is_empty() || !n.any_of.is_empty() || !n.one_of.is_empty()
+        });
+    }
+
     pub fn finish(&mut self, schema: &ClassSchema) {
         for id in 0..self.nodes.len() {
             if self.nodes[id].leaf {
