@@ -1280,7 +1280,11 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
         let mut skeleton = skeleton;
         let fixed_present = fix_constants(&mut skeleton, &header, &mut fields, profiles_json);
         // Every event has the header and the fixed leaves: their requirements cannot fail.
-        let always: Vec<u32> = fixed_present.iter().copied().chain(header.leading()).collect();
+        let always: Vec<u32> = fixed_present
+            .iter()
+            .copied()
+            .chain(header.leading())
+            .collect();
         skeleton.prune_guaranteed(&always);
         classes.push(ClassP {
             info,

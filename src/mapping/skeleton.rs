@@ -121,7 +121,10 @@ impl Skeleton {
         }
         for n in &mut self.nodes {
             n.required.retain(|&(_, c)| c == NEVER || !sure[c as usize]);
-            if n.any_of.iter().any(|alt| alt.iter().all(|&c| c != NEVER && sure[c as usize])) {
+            if n.any_of
+                .iter()
+                .any(|alt| alt.iter().all(|&c| c != NEVER && sure[c as usize]))
+            {
                 n.any_of.clear();
             }
         }
