@@ -33,6 +33,8 @@ pub struct Scratch {
     /// (class index, activity) by plan id and the values of the plan's decision keys.
     decisions: DecisionCache,
     key: Vec<u8>,
+    /// Per `when` id: (record generation, result), for conditions several fields share.
+    whens: Vec<(u32, bool)>,
     /// The event slots (all empty between records), presence bits and written slots, kept
     /// for their allocations.
     slots: (Vec<Option<Out<'static, 'static>>>, Vec<bool>, Vec<u32>),
@@ -50,6 +52,7 @@ struct Run<'p, 't, 'i, 's> {
     root_children: Option<&'s mut Vec<u32>>,
     used: &'s mut [bool],
     memo: &'s mut [[u32; 3]],
+    whens: &'s mut [(u32, bool)],
     generation: u32,
     plan: &'p Plan,
 }
@@ -226,6 +229,23 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         }
     }
 
+    /// A field's `when`, evaluated once per record for all the fields that share it (inside
+    /// `each`, the result depends on the element and is not kept).
+    fn when(&mut self, f: &FieldP, w: &CondP, elem: Option<Src<'t, 'i>>) -> bool {
+        let keep = elem.is_none() && (f.when_id as usize) < self.whens.len();
+        if keep {
+            let (g, r) = self.whens[f.when_id as usize];
+            if g == self.generation {
+                return r;
+            }
+        }
+        let r = self.cond(w, elem);
+        if keep {
+            self.whens[f.when_id as usize] = (self.generation, r);
+        }
+        r
+    }
+
     fn mark(&mut self, node: u32) {
         self.used[node as usize] = true;
     }
@@ -366,7 +386,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             return Ok(());
         }
         if let Some(w) = &f.when {
-            if !self.cond(w, None) {
+            if !self.when(f, w, None) {
                 return Ok(());
             }
         }
@@ -392,7 +412,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             return Ok(());
         }
         if let Some(w) = &f.when {
-            if !self.cond(w, elem) {
+            if !self.when(f, w, elem) {
                 return Ok(());
             }
         }
@@ -1041,6 +1061,7 @@ impl Plan {
             root_children: None,
             used: &mut [],
             memo: &mut [],
+            whens: &mut [],
             generation: 0,
             plan: self,
         };
@@ -1119,10 +1140,14 @@ impl Plan {
         if scratch.memo.len() < self.trie.nodes.len() {
             scratch.memo.resize(self.trie.nodes.len(), [0; 3]);
         }
+        if scratch.whens.len() < self.when_count as usize {
+            scratch.whens.resize(self.when_count as usize, (0, false));
+        }
         scratch.generation = scratch.generation.wrapping_add(1);
         if scratch.generation == 0 {
             // After 2^32 records, old stamps could match again: start clean.
             scratch.memo.iter_mut().for_each(|m| *m = [0; 3]);
+            scratch.whens.iter_mut().for_each(|w| *w = (0, false));
             scratch.generation = 1;
         }
         let scratch_slots = &mut scratch.slots;
@@ -1134,6 +1159,7 @@ impl Plan {
             root_children: Some(&mut scratch.root_children),
             used: &mut scratch.used,
             memo: &mut scratch.memo,
+            whens: &mut scratch.whens,
             generation: scratch.generation,
             plan: self,
         };

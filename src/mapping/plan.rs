@@ -303,6 +303,9 @@ pub struct FieldP {
     pub konst: bool,
     /// An unconditional constant encoded in the skeleton (`SkelNode::fixed`): skipped per record.
     pub fixed: bool,
+    /// The `when` condition's id: fields with the same condition share one, so that a record
+    /// evaluates it once (`Plan::when_count` ids; u32::MAX without `when`).
+    pub when_id: u32,
 }
 
 /// Skeleton slots the engine itself writes.
@@ -398,6 +401,8 @@ pub struct Plan {
     pub decision_keys: Option<Vec<SrcPath>>,
     /// Distinguishes plans in a lane's decision cache.
     pub id: u32,
+    /// Distinct `when` conditions of the fields (`FieldP::when_id`).
+    pub when_count: u32,
 }
 
 /// Encodes into the skeleton the leaves every event of the class gets with the same value:
@@ -472,6 +477,20 @@ fn fix_constants(
     (0..sk.nodes.len() as u32)
         .filter(|&id| present[id as usize])
         .collect()
+}
+
+/// Gives each field's `when` an id, the same for conditions that are written the same (their
+/// compiled form, paths included, prints the same); `each` sub-fields too.
+fn number_whens(fields: &mut [FieldP], ids: &mut HashMap<String, u32>) {
+    for f in fields {
+        if let Some(w) = &f.when {
+            let next = ids.len() as u32;
+            f.when_id = *ids.entry(format!("{w:?}")).or_insert(next);
+        }
+        if let SourceP::Each { fields, .. } = &mut f.source {
+            number_whens(fields, ids);
+        }
+    }
 }
 
 /// `ClassP::header_json`: what encoding the header slots would write, per activity.
@@ -951,6 +970,7 @@ impl Compiler<'_> {
             simple,
             konst,
             fixed: false,
+            when_id: u32::MAX,
             line,
             to_text: leak(f.to.get_ref()),
             to,
@@ -1319,7 +1339,12 @@ pub fn compile(kind: SourceKind, file: &str, text: &str) -> Result<Plan, TableEr
             n.index = Some(ix);
         }
     }
+    let mut whens = HashMap::new();
+    for class in &mut classes {
+        number_whens(&mut class.fields, &mut whens);
+    }
     Ok(Plan {
+        when_count: whens.len() as u32,
         source: kind,
         origin: file.to_string(),
         detect,
@@ -1345,5 +1370,43 @@ mod tests {
         );
         assert!(split_path("a..b").is_err());
         assert!(split_path(r#"a."b"#).is_err());
+    }
+
+    /// Fields written with the same `when` share its id (one evaluation per record); others
+    /// do not.
+    #[test]
+    fn equal_when_conditions_share_an_id() {
+        let plan = compile(
+            SourceKind::CloudTrail,
+            "mappings/cloudtrail.toml",
+            include_str!("../../mappings/cloudtrail.toml"),
+        )
+        .expect("built-in table");
+        let mut by_text: HashMap<String, Vec<u32>> = HashMap::new();
+        for class in &plan.classes {
+            for f in class.fields.iter().filter(|f| f.when.is_some()) {
+                assert!(f.when_id < plan.when_count);
+                by_text
+                    .entry(format!("{:?}", f.when))
+                    .or_default()
+                    .push(f.when_id);
+            }
+        }
+        let mut ids: Vec<u32> = Vec::new();
+        for same in by_text.values() {
+            assert!(same.iter().all(|&id| id == same[0]), "{same:?}");
+            ids.push(same[0]);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            by_text.len(),
+            "different conditions got the same id"
+        );
+        assert!(
+            by_text.values().any(|v| v.len() > 1),
+            "no shared condition to test"
+        );
     }
 }
