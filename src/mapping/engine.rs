@@ -1278,7 +1278,7 @@ impl Plan {
                 NEVER
             };
             let before = red.as_ref().map_or(0, |r| r.counts.total());
-            let spot = encode_event(&slots, sk, out, red.as_mut(), spot_slot);
+            let spot = slots.encode_watching(sk, out, red.as_mut(), spot_slot);
             run.append_unmapped(&input, &self.trie, out, &mut red);
             if let Some(r) = red.as_mut().filter(|r| r.counts.total() > before) {
                 // A value is missing on purpose: say so in the event, and which rules fired.
@@ -1326,77 +1326,6 @@ impl Plan {
         scratch_slots.2 = slots.written;
         result
     }
-}
-
-/// `Slots::encode` that also reports where the absent leaf `spot` would have been written:
-/// (offset in `out`, whether it would have been its object's first member).
-fn encode_event(
-    slots: &Slots<'_, '_>,
-    skel: &Skeleton,
-    out: &mut Vec<u8>,
-    mut red: Option<&mut Redact<'_>>,
-    spot: u32,
-) -> Option<(usize, bool)> {
-    if spot == NEVER {
-        slots.encode(skel, out, red);
-        return None;
-    }
-    let mut found = None;
-    encode_node(slots, skel, 0, out, &mut red, spot, &mut found);
-    found
-}
-
-/// What `Slots::encode_node` writes, watching for `spot`.
-fn encode_node(
-    slots: &Slots<'_, '_>,
-    skel: &Skeleton,
-    id: u32,
-    out: &mut Vec<u8>,
-    red: &mut Option<&mut Redact<'_>>,
-    spot: u32,
-    found: &mut Option<(usize, bool)>,
-) {
-    out.push(b'{');
-    let mut first = true;
-    let mut children = skel.nodes[id as usize].children.as_slice();
-    if id == 0 && slots.prefix.1 > 0 {
-        out.extend_from_slice(slots.prefix.0.as_bytes());
-        first = false;
-        children = &children[slots.prefix.1..];
-    }
-    for &c in children {
-        if !slots.present[c as usize] {
-            if c == spot {
-                *found = Some((out.len(), first));
-            }
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        let n = &skel.nodes[c as usize];
-        crate::json::push_bytes(out, n.key_json.as_bytes());
-        if n.leaf {
-            if let Some(v) = &slots.vals[c as usize] {
-                if n.plain || red.is_none() {
-                    match v {
-                        Out::Raw(src) if src.as_str().is_some() => {
-                            crate::json::write_str(out, src.as_str().unwrap_or_default())
-                        }
-                        _ => v.encode(out),
-                    }
-                } else {
-                    v.encode_redacted(out, red.as_deref_mut());
-                }
-            } else if let Some(json) = n.fixed {
-                out.extend_from_slice(json.as_bytes());
-            }
-        } else {
-            encode_node(slots, skel, c, out, red, spot, found);
-        }
-    }
-    out.push(b'}');
 }
 
 /// Inserts `"labels":[...]` at `pos` of an encoded event, as the encoder would have written

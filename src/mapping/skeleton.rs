@@ -295,8 +295,23 @@ impl<'t, 'i> Slots<'t, 'i> {
     }
 
     /// Writes the event as one JSON object.
-    pub fn encode(&self, skel: &Skeleton, out: &mut Vec<u8>, mut red: Option<&mut Redact<'_>>) {
-        self.encode_node(skel, 0, out, &mut red);
+    pub fn encode(&self, skel: &Skeleton, out: &mut Vec<u8>, red: Option<&mut Redact<'_>>) {
+        self.encode_watching(skel, out, red, NEVER);
+    }
+
+    /// `encode`, also reporting where the absent leaf `spot` would have been written: (offset
+    /// in `out`, whether it would have been its object's first member). The engine splices
+    /// `metadata.labels` in there when redaction fired, instead of encoding again.
+    pub fn encode_watching(
+        &self,
+        skel: &Skeleton,
+        out: &mut Vec<u8>,
+        mut red: Option<&mut Redact<'_>>,
+        spot: u32,
+    ) -> Option<(usize, bool)> {
+        let mut found = None;
+        self.encode_node(skel, 0, out, &mut red, spot, &mut found);
+        found
     }
 
     fn encode_node(
@@ -305,6 +320,8 @@ impl<'t, 'i> Slots<'t, 'i> {
         id: u32,
         out: &mut Vec<u8>,
         red: &mut Option<&mut Redact<'_>>,
+        spot: u32,
+        found: &mut Option<(usize, bool)>,
     ) {
         out.push(b'{');
         let mut first = true;
@@ -316,6 +333,9 @@ impl<'t, 'i> Slots<'t, 'i> {
         }
         for &c in children {
             if !self.present[c as usize] {
+                if c == spot {
+                    *found = Some((out.len(), first));
+                }
                 continue;
             }
             if !first {
@@ -341,7 +361,7 @@ impl<'t, 'i> Slots<'t, 'i> {
                     out.extend_from_slice(json.as_bytes());
                 }
             } else {
-                self.encode_node(skel, c, out, red);
+                self.encode_node(skel, c, out, red, spot, found);
             }
         }
         out.push(b'}');
