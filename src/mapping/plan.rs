@@ -345,22 +345,15 @@ impl Header {
     }
 
     /// The slots only the engine writes, with constants (no source text can reach them).
-    fn engine_written(&self) -> [u32; 13] {
-        [
-            self.class_uid,
-            self.class_name,
-            self.category_uid,
-            self.category_name,
-            self.activity_id,
-            self.activity_name,
-            self.type_uid,
-            self.type_name,
+    fn engine_written(&self) -> impl Iterator<Item = u32> {
+        let rest = [
             self.severity,
             self.status,
             self.version,
             self.profiles,
             self.labels,
-        ]
+        ];
+        self.leading().into_iter().chain(rest)
     }
 }
 
