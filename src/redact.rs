@@ -1297,14 +1297,7 @@ impl PairFilter {
                     }
                 }
                 _ => {
-                    let pair = needle
-                        .windows(2)
-                        .map(|w| (w[0], w[1]))
-                        .min_by_key(|&(a, b)| {
-                            let n = seen[usize::from(a) << 8 | usize::from(b)];
-                            (u64::from(n) << 32) | u64::from(byte_weight(a) * byte_weight(b))
-                        })
-                        .expect("needle has two bytes");
+                    let pair = rarest_pair(needle, &seen);
                     f.table[idx(pair.0, pair.1)] |= mask;
                 }
             }
@@ -1340,6 +1333,20 @@ impl PairFilter {
         acc |= self.last[usize::from(end)];
         acc & self.len_class[b.len().min(255)] != 0
     }
+}
+
+/// The bigram of `needle` (two bytes or more) that typical text holds least often (`seen`:
+/// counts by the two bytes as a big-endian u16), ties broken towards rarer bytes: the one a
+/// filter keys the needle on.
+fn rarest_pair(needle: &[u8], seen: &[u32]) -> (u8, u8) {
+    needle
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .min_by_key(|&(a, b)| {
+            let n = seen[usize::from(a) << 8 | usize::from(b)];
+            (u64::from(n) << 32) | u64::from(byte_weight(a) * byte_weight(b))
+        })
+        .expect("needle has two bytes")
 }
 
 // Low-half bit of a single-byte needle; its high-half twin is set for every
@@ -1388,14 +1395,7 @@ impl BigramFilter {
                 table[usize::from(needle[0])] |= SINGLE_BIT;
                 SINGLE_BIT
             } else {
-                let pair = needle
-                    .windows(2)
-                    .map(|w| (w[0], w[1]))
-                    .min_by_key(|&(a, b)| {
-                        let n = seen[usize::from(a) << 8 | usize::from(b)];
-                        (u64::from(n) << 32) | u64::from(byte_weight(a) * byte_weight(b))
-                    })
-                    .expect("needle has two bytes");
+                let pair = rarest_pair(needle, &seen);
                 // One bit per first byte: bigrams sharing a bit then share
                 // their first byte, so the bit still means exactly "one of
                 // these bigrams occurs". Past 31 first bytes bits are shared
