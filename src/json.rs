@@ -394,6 +394,27 @@ pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
+/// The escape JSON writes for byte `c` (one `ESCAPE` marks): `\u00XX` or a two-byte escape,
+/// in the first `n` bytes.
+#[inline]
+fn escape_seq(c: u8) -> ([u8; 6], usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match ESCAPE[c as usize] {
+        b'u' => (
+            [
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(c >> 4) as usize],
+                HEX[(c & 0xf) as usize],
+            ],
+            6,
+        ),
+        esc => ([b'\\', esc, 0, 0, 0, 0], 2),
+    }
+}
+
 /// Writes `s` as a JSON string literal: 16 bytes at a time copied speculatively into reserved
 /// space and kept up to the first byte that needs an escape (SSE2 is part of x86-64).
 #[cfg(target_arch = "x86_64")]
@@ -425,24 +446,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
         let bs = _mm_set1_epi8(b'\\' as i8);
         let ctl = _mm_set1_epi8(0x1f);
         let escape = |c: u8, at: *mut u8| -> usize {
-            let esc = ESCAPE[c as usize];
-            if esc == b'u' {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let seq = [
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(c >> 4) as usize],
-                    HEX[(c & 0xf) as usize],
-                ];
-                std::ptr::copy_nonoverlapping(seq.as_ptr(), at, 6);
-                6
-            } else {
-                *at = b'\\';
-                *at.add(1) = esc;
-                2
-            }
+            let (seq, n) = escape_seq(c);
+            std::ptr::copy_nonoverlapping(seq.as_ptr(), at, n);
+            n
         };
         while i + 16 <= n {
             let v = _mm_loadu_si128(src.add(i) as *const __m128i);
@@ -485,21 +491,8 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     while let Some(i) = first_escape(rest) {
         out.extend_from_slice(&rest[..i]);
-        let b = rest[i];
-        let esc = ESCAPE[b as usize];
-        if esc == b'u' {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 0xf) as usize],
-            ]);
-        } else {
-            out.extend_from_slice(&[b'\\', esc]);
-        }
+        let (seq, n) = escape_seq(rest[i]);
+        out.extend_from_slice(&seq[..n]);
         rest = &rest[i + 1..];
     }
     out.extend_from_slice(rest);
