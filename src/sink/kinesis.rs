@@ -411,12 +411,8 @@ impl KinesisStream {
         let _ = self.tx.send(Msg::Flush);
         let deadline = Instant::now() + timeout;
         loop {
-            let n = self.outstanding();
-            if n == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline || self.shared.stopped.load(Relaxed) {
-                return Err(self.unflushed(n, timeout));
+            if let Some(done) = self.flush_settled(deadline, timeout) {
+                return done;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -428,15 +424,24 @@ impl KinesisStream {
         let _ = self.tx.send(Msg::Flush);
         let deadline = Instant::now() + timeout;
         loop {
-            let n = self.outstanding();
-            if n == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline || self.shared.stopped.load(Relaxed) {
-                return Err(self.unflushed(n, timeout));
+            if let Some(done) = self.flush_settled(deadline, timeout) {
+                return done;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// One look of a flush wait: Ok when nothing is outstanding, the error once the deadline
+    /// passed or the sink stopped, None to wait on.
+    fn flush_settled(&self, deadline: Instant, timeout: Duration) -> Option<Result<(), String>> {
+        let n = self.outstanding();
+        if n == 0 {
+            return Some(Ok(()));
+        }
+        if Instant::now() >= deadline || self.shared.stopped.load(Relaxed) {
+            return Some(Err(self.unflushed(n, timeout)));
+        }
+        None
     }
 
     fn unflushed(&self, n: usize, timeout: Duration) -> String {
