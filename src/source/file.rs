@@ -159,12 +159,14 @@ fn frame_mapped(data: &[u8], path: &Arc<str>, sink: &mut dyn UnitSink) -> u64 {
     // (line number, offset, the line with its newline)
     let mut next = 0usize;
     let mut lineno = 0u64;
+    let mut ahead = 0usize;
     let mut lines = std::iter::from_fn(|| {
         if next >= data.len() {
             return None;
         }
         let at = next;
         next = memchr::memchr(b'\n', &data[at..]).map_or(data.len(), |i| at + i + 1);
+        ahead = prefetch(data, ahead, next + PREFETCH_AHEAD);
         lineno += 1;
         Some((lineno, at, &data[at..next]))
     });
@@ -191,6 +193,33 @@ fn frame_mapped(data: &[u8], path: &Arc<str>, sink: &mut dyn UnitSink) -> u64 {
         }
     }
     units
+}
+
+/// How far past the current line the mapped bytes are asked into cache. A page-cache file is
+/// cold in every CPU cache, and a line is worked on for microseconds, long enough that the
+/// hardware prefetcher stops streaming: without this, the first touch of each line (the
+/// newline search) stalled on memory for ~14% of a replay.
+const PREFETCH_AHEAD: usize = 16 * 1024;
+
+/// Asks for `data[from..to]` to be brought into cache (L2), one request per cache line;
+/// returns where it stopped.
+#[inline]
+fn prefetch(data: &[u8], from: usize, to: usize) -> usize {
+    let to = to.min(data.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let mut at = from;
+        while at < to {
+            // SAFETY: a prefetch is only a hint and cannot fault; SSE is part of every x86-64,
+            // and the address is inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(data[at..].as_ptr().cast()) };
+            at += 64;
+        }
+        return at.max(from);
+    }
+    #[allow(unreachable_code)]
+    to.max(from)
 }
 
 fn pos(path: &Arc<str>, line: Option<u64>, offset: u64) -> Position {
