@@ -262,6 +262,18 @@ impl Normalizer {
 /// Decompressed payloads larger than this are refused: a gzip bomb must not take the lane down.
 const MAX_GUNZIP: u64 = 256 * 1024 * 1024;
 
+/// What a reader of a dead letter needs from a parse error: where it failed and on what.
+/// simd-json names a document that does not begin like JSON an internal error, which would
+/// send a reader looking for a bug in auditnorm; it is a syntax error in the input.
+fn json_error_detail(e: &simd_json::Error) -> String {
+    match (e.error(), e.character()) {
+        (simd_json::ErrorType::InternalError, Some(c)) => {
+            format!("not valid JSON: syntax error at byte {} ({c:?})", e.index())
+        }
+        _ => format!("not valid JSON: {e}"),
+    }
+}
+
 fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let mut out = Vec::with_capacity(bytes.len() * 4);
@@ -369,11 +381,8 @@ impl Parts<'_> {
         };
         if let Err(e) = simd_json::fill_tape(work, buffers, &mut tape) {
             bufs.tape = Some(tape.reset());
-            let err = RecordError::new(
-                ErrorCode::InvalidJson,
-                Stage::Decode,
-                format!("not valid JSON: {e}"),
-            );
+            let err =
+                RecordError::new(ErrorCode::InvalidJson, Stage::Decode, json_error_detail(&e));
             self.dead(
                 emit,
                 DeadLetter::new(err, pos.clone(), outer_hint, original),
