@@ -45,7 +45,26 @@ pub struct Normalizer {
     out: Vec<u8>,
     buffers: simd_json::Buffers,
     bufs: Bufs,
+    /// The same for carriers inside a unit (a CloudWatch or AKS record's JSON string, a
+    /// gzip payload), by depth: reused, not allocated for every nested record.
+    nested: Vec<Level>,
     redaction: Redaction,
+}
+
+#[derive(Default)]
+struct Level {
+    work: Vec<u8>,
+    buffers: simd_json::Buffers,
+    bufs: Bufs,
+}
+
+/// `bytes` copied into `work` followed by the padding simd-json reads past a document's end,
+/// so that it parses the copy in place instead of copying it once more.
+fn fill_padded(work: &mut Vec<u8>, bytes: &[u8]) {
+    work.clear();
+    work.reserve(bytes.len() + simd_json::INPUT_PADDING);
+    work.extend_from_slice(bytes);
+    work.resize(bytes.len() + simd_json::INPUT_PADDING, 0);
 }
 
 /// Allocations kept from one unit to the next (a tape and the item list borrow the unit's
@@ -70,6 +89,7 @@ struct Parts<'a> {
     scratch: &'a mut Scratch,
     out: &'a mut Vec<u8>,
     redaction: &'a mut Redaction,
+    nested: &'a mut Vec<Level>,
     /// Set while normalizing one user record of a KPL aggregate.
     sub: Option<SubRecord>,
 }
@@ -144,6 +164,7 @@ impl Normalizer {
             out: Vec::with_capacity(4096),
             buffers: simd_json::Buffers::new(4096),
             bufs: Bufs::default(),
+            nested: Vec::new(),
             redaction: Redaction {
                 redactor: Some(Redactor::builtin()),
                 keep_raw_dead_letters: false,
@@ -230,6 +251,7 @@ impl Normalizer {
             out,
             buffers,
             bufs,
+            nested,
             redaction,
         } = self;
         let mut parts = Parts {
@@ -238,13 +260,13 @@ impl Normalizer {
             scratch,
             out,
             redaction,
+            nested,
             sub: sub.map(|index| SubRecord {
                 index,
                 elements: Vec::new(),
             }),
         };
-        work.clear();
-        work.extend_from_slice(bytes);
+        fill_padded(work, bytes);
         parts.unit(
             bytes,
             work,
@@ -333,6 +355,16 @@ fn write_exact(out: &mut Vec<u8>, v: Src<'_, '_>) {
 }
 
 impl Parts<'_> {
+    /// The buffers for a carrier nested at `depth`, taken out of the pool for the nested
+    /// unit's duration (the caller puts them back).
+    fn level(&mut self, depth: usize) -> Level {
+        if self.nested.len() <= depth {
+            self.nested.resize_with(depth + 1, Level::default);
+        }
+        std::mem::take(&mut self.nested[depth])
+    }
+
+    /// `work`: the unit's bytes followed by `simd_json::INPUT_PADDING` bytes (`fill_padded`).
     #[allow(clippy::too_many_arguments)]
     fn unit<'t, 'i>(
         &mut self,
@@ -350,20 +382,21 @@ impl Parts<'_> {
             // A gzip body (CloudWatch Logs subscription payloads on Kinesis or Kafka).
             match gunzip(original) {
                 Ok(plain) => {
-                    let mut work = plain.clone();
-                    let mut buffers = simd_json::Buffers::new(plain.len());
-                    let outer_carriers = outer;
-                    return self.unit(
+                    let mut level = self.level(depth);
+                    fill_padded(&mut level.work, &plain);
+                    self.unit(
                         &plain,
-                        &mut work,
-                        &mut buffers,
-                        &mut Bufs::default(),
+                        &mut level.work,
+                        &mut level.buffers,
+                        &mut level.bufs,
                         pos,
                         outer_hint,
-                        outer_carriers,
+                        outer,
                         depth + 1,
                         emit,
                     );
+                    self.nested[depth] = level;
+                    return;
                 }
                 Err(detail) => {
                     let err = RecordError::new(ErrorCode::TruncatedGzip, Stage::Decode, detail);
@@ -379,7 +412,8 @@ impl Parts<'_> {
             Some(t) => t.reset(),
             None => simd_json::Tape::null().reset(),
         };
-        if let Err(e) = simd_json::fill_tape(work, buffers, &mut tape) {
+        let len = work.len() - simd_json::INPUT_PADDING;
+        if let Err(e) = simd_json::fill_tape_padded(work, len, buffers, &mut tape) {
             bufs.tape = Some(tape.reset());
             let err =
                 RecordError::new(ErrorCode::InvalidJson, Stage::Decode, json_error_detail(&e));
@@ -427,19 +461,20 @@ impl Parts<'_> {
                         );
                         self.dead(emit, DeadLetter::new(err, p, hint, &bytes));
                     } else {
-                        let mut work = bytes.clone();
-                        let mut buffers = simd_json::Buffers::new(bytes.len());
+                        let mut level = self.level(depth);
+                        fill_padded(&mut level.work, &bytes);
                         self.unit(
                             &bytes,
-                            &mut work,
-                            &mut buffers,
-                            &mut Bufs::default(),
+                            &mut level.work,
+                            &mut level.buffers,
+                            &mut level.bufs,
                             &p,
                             hint.or(outer_hint),
                             carriers.or(outer),
                             depth + 1,
                             emit,
                         );
+                        self.nested[depth] = level;
                     }
                 }
                 Item::Skipped { reason } => emit.skipped(pos, reason),
