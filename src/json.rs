@@ -435,7 +435,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     // SAFETY: `n * 6 + 2` bytes are reserved. Before each 16-byte store at `w`, at most 6
     // bytes were written per input byte consumed (`w <= 1 + 6 * i`) and `i + 16 <= n`, so
     // `w + 16 <= 6 * n + 2`; escapes and the tail write at most 6 bytes per byte consumed,
-    // plus the closing quote. Every byte below `w` is written before `set_len`.
+    // plus the closing quote. The overlapping tail reads `b[n - 16..n]` (n >= 16) and writes
+    // output bytes [n - 15, n + 1), below `n * 6 + 2`. Every byte below `w` is written before
+    // `set_len`.
     unsafe {
         let src = b.as_ptr();
         let dst = out.as_mut_ptr().add(len);
@@ -467,6 +469,21 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             w += k;
             w += escape(*src.add(i), dst.add(w));
             i += 1;
+        }
+        if i < n && n >= 16 && w == i + 1 {
+            // Nothing escaped so far, so output and input are in step: the tail is the last
+            // 16 input bytes, stored over their own (already written) start, instead of a
+            // byte loop over up to 15 bytes.
+            let v = _mm_loadu_si128(src.add(n - 16) as *const __m128i);
+            let m = _mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bs)),
+                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
+            )) as u32;
+            if m == 0 {
+                _mm_storeu_si128(dst.add(1 + n - 16) as *mut __m128i, v);
+                w = n + 1;
+                i = n;
+            }
         }
         while i < n {
             let c = *src.add(i);
