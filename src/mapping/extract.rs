@@ -92,12 +92,40 @@ enum Tok {
     End,
 }
 
+/// True when a match of an unanchored pattern can start only at the last occurrence of its
+/// leading literal's first byte: the pattern runs to the end (`$`), and neither the rest of
+/// the literal nor any later token can hold that byte, so a match starting at an earlier
+/// occurrence would have to pass a later one. `/([^/]+)$` (the last path segment) then costs
+/// one reverse search instead of a try at every `/`.
+fn last_start(toks: &[Tok], ci: bool) -> bool {
+    let mut rest = toks.iter().skip_while(|t| matches!(t, Tok::Open));
+    let Some(Tok::Lit(l)) = rest.next() else {
+        return false;
+    };
+    let (first, upper) = (l[0], l[0].to_ascii_uppercase());
+    let holds = |set: &[bool; 256]| set[first as usize] || (ci && set[upper as usize]);
+    if !matches!(toks.last(), Some(Tok::End))
+        || l[1..]
+            .iter()
+            .any(|&b| b == first || (ci && b.to_ascii_lowercase() == first))
+    {
+        return false;
+    }
+    rest.all(|t| match t {
+        Tok::Open | Tok::Close | Tok::End => true,
+        Tok::Class { set, .. } => !holds(set),
+        Tok::Lit(_) | Tok::JStr => false,
+    })
+}
+
 #[derive(Debug)]
 struct Fast {
     toks: Vec<Tok>,
     /// The leading literal's searcher, for unanchored case-sensitive patterns.
     finder: Option<memchr::memmem::Finder<'static>>,
     anchored: bool,
+    /// Only the leading literal's last occurrence can start a match (`last_start`).
+    last_only: bool,
     ci: bool,
     /// `(?i)` or `\s`: non-ASCII haystacks go to the regex.
     unicode_sensitive: bool,
@@ -301,10 +329,12 @@ impl Fast {
             }
             _ => None,
         };
+        let last_only = !anchored && last_start(&toks, ci);
         Some(Fast {
             toks,
             finder,
             anchored,
+            last_only,
             ci,
             unicode_sensitive,
         })
@@ -322,6 +352,18 @@ impl Fast {
             Tok::Lit(l) => Some(l.as_slice()),
             _ => None,
         })?;
+        if self.last_only {
+            let start = if self.ci {
+                memchr::memrchr2(lit[0], lit[0].to_ascii_uppercase(), h)
+            } else {
+                memchr::memrchr(lit[0], h)
+            };
+            return Some(
+                start
+                    .filter(|&pos| self.at(0, h, pos, &mut cap))
+                    .map(|_| cap),
+            );
+        }
         // Start positions: where the leading literal occurs (found with memmem, or by its
         // first byte in either case and a compare), so the matcher runs only there.
         let mut pos = 0;
@@ -630,6 +672,38 @@ mod tests {
             let e = Extract::new(p).unwrap();
             assert!(e.is_fast(), "{p}");
             assert_eq!(e.capture(h), *want, "{p} on {h}");
+        }
+    }
+
+    #[test]
+    fn last_occurrence_start_agrees_with_the_regex() {
+        // Patterns whose match can only start at the last occurrence of the leading byte,
+        // in both cases of case sensitivity, and one that must not take that shortcut.
+        let pats = [
+            ("/([^/]+)$", true),
+            ("a([^a]+)$", true),
+            ("(?i)a([^a]+)$", true),
+            ("(?i)ab([^a/]+)$", true),
+            ("a([^b]+)$", false),
+            ("/([^/]+)/[^/]+$", false),
+        ];
+        let alphabet = b"aAbB/x";
+        let mut x: u64 = 11;
+        for (p, shortcut) in pats {
+            let e = Extract::new(p).unwrap();
+            let f = e.fast.as_ref().expect("hand-matched");
+            assert_eq!(f.last_only, shortcut, "{p}");
+            for _ in 0..5_000 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let len = (x >> 59) as usize;
+                let h: String = (0..len)
+                    .map(|i| alphabet[(x >> (i * 3 % 48)) as usize % alphabet.len()] as char)
+                    .collect();
+                let want = e.re.captures(&h).and_then(|c| c.get(1)).map(|m| m.as_str());
+                assert_eq!(e.capture(&h), want, "pattern {p:?} on {h:?}");
+            }
         }
     }
 
