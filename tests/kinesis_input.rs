@@ -19,6 +19,7 @@ mod records;
 
 use auditnorm::config;
 use auditnorm::kinesis::lease::{Checkpoint, DynamoLeases, Lease, LeaseStore};
+use aws_sdk_kinesis::types::Shard;
 use http::{free_port, get};
 use kinesis_common as kc;
 use pipeline::{runtime, wait_until, Running};
@@ -29,10 +30,6 @@ use std::time::Duration;
 
 /// Worker threads of a test's runtime, and of each pipeline it runs in-process.
 const WORKERS: usize = 2;
-
-fn rt() -> tokio::runtime::Runtime {
-    runtime(WORKERS)
-}
 
 /// A CloudTrail record (support/records.rs) as the bytes to put.
 fn record(templates: &[String], n: usize, id: &str) -> Vec<u8> {
@@ -52,15 +49,10 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn yaml(
-    kinesis: &str,
-    dynamo: &str,
-    stream: &str,
-    table: &str,
-    out: &Path,
-    dead: &Path,
-    extra: &str,
-) -> String {
+/// A pipeline config reading `stream` from `kinesis`, with the lease store `leases`, events to
+/// `out` and dead letters to `dead` (destinations: [`file`], [`Env::stream`]); `extra`: more
+/// lines under `input.kinesis`.
+fn yaml(kinesis: &str, stream: &str, leases: &str, out: &str, dead: &str, extra: &str) -> String {
     format!(
         r#"
 input:
@@ -72,19 +64,108 @@ input:
     lease_duration: 3s
     shard_sync_interval: 2s
     leases:
-      dynamodb: {{table: {table}, endpoint: "{dynamo}"}}
+      {leases}
 {extra}
 output:
-  file: {out}
+  {out}
 dead_letter:
-  file: {dead}
+  {dead}
 pipeline:
   commit_interval: 200ms
   drain_timeout: 10s
-"#,
-        out = out.display(),
-        dead = dead.display()
+"#
     )
+}
+
+/// A file destination.
+fn file(path: &Path) -> String {
+    format!("file: {}", path.display())
+}
+
+/// What every test here starts from: the emulators (`Env::new` is `None` when they are not
+/// set, and the test returns), a runtime, a Kinesis client, a lease table of its own and a
+/// scratch directory with the default output files.
+struct Env {
+    kinesis: String,
+    dynamo: String,
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_kinesis::Client,
+    table: String,
+    dir: PathBuf,
+    /// events.ndjson and dead.ndjson in `dir`.
+    out: PathBuf,
+    dead: PathBuf,
+}
+
+impl Env {
+    fn new(scratch_name: &str) -> Option<Env> {
+        let (kinesis, dynamo) = kc::endpoints()?;
+        kc::set_process_env();
+        let dir = scratch(scratch_name);
+        Some(Env {
+            rt: runtime(WORKERS),
+            client: kc::kinesis_client(&kinesis),
+            table: kc::unique("leases"),
+            out: dir.join("events.ndjson"),
+            dead: dir.join("dead.ndjson"),
+            dir,
+            kinesis,
+            dynamo,
+        })
+    }
+
+    /// A new stream of `shards` shards, named after `prefix`; ACTIVE when this returns.
+    fn create_stream(&self, prefix: &str, shards: i32) -> String {
+        let stream = kc::unique(prefix);
+        self.rt
+            .block_on(kc::create_stream(&self.client, &stream, shards));
+        stream
+    }
+
+    /// A Kinesis stream destination on the emulator.
+    fn stream(&self, name: &str) -> String {
+        format!(
+            "kinesis: {{stream: {name}, region: us-east-1, endpoint: \"{}\"}}",
+            self.kinesis
+        )
+    }
+
+    /// [`yaml`] with the leases in the test's DynamoDB table.
+    fn yaml(&self, stream: &str, out: &str, dead: &str, extra: &str) -> String {
+        let leases = format!(
+            "dynamodb: {{table: {}, endpoint: \"{}\"}}",
+            self.table, self.dynamo
+        );
+        yaml(&self.kinesis, stream, &leases, out, dead, extra)
+    }
+
+    /// A pipeline in-process reading `stream` into the default files.
+    fn start(&self, stream: &str, extra: &str) -> Running {
+        let text = self.yaml(stream, &file(&self.out), &file(&self.dead), extra);
+        Running::start_on(runtime(WORKERS), &text)
+    }
+
+    fn leases(&self) -> Vec<Lease> {
+        let store = LeaseStore::Dynamo(DynamoLeases {
+            client: kc::dynamodb_client(&self.dynamo),
+            table: self.table.clone(),
+        });
+        self.rt.block_on(store.list()).expect("lease table")
+    }
+}
+
+/// The scratch directory goes when the test passes; it stays, with the logs and outputs, when
+/// the test fails.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn ids(shards: &[Shard]) -> Vec<String> {
+    shards.iter().map(|s| s.shard_id().to_string()).collect()
 }
 
 /// `metadata.uid` of every event line in a file, in file order, with the line.
@@ -101,6 +182,11 @@ fn events(path: &Path) -> Vec<(String, String)> {
             (uid, l.to_string())
         })
         .collect()
+}
+
+/// `metadata.uid` of every event line in a file, in file order.
+fn uids_of(path: &Path) -> Vec<String> {
+    events(path).into_iter().map(|(u, _)| u).collect()
 }
 
 fn lines(path: &Path) -> usize {
@@ -152,13 +238,7 @@ impl Feeder {
     }
 
     /// Puts `n` records per key, keys interleaved, in one PutRecords sequence.
-    fn put_round(
-        &mut self,
-        rt: &tokio::runtime::Runtime,
-        client: &aws_sdk_kinesis::Client,
-        stream: &str,
-        n: usize,
-    ) {
+    fn put_round(&mut self, env: &Env, stream: &str, n: usize) {
         let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
         for _ in 0..n {
             for (k, key) in self.keys.iter().enumerate() {
@@ -174,7 +254,7 @@ impl Feeder {
             .iter()
             .map(|(k, d)| (k.as_str(), d.as_slice()))
             .collect();
-        rt.block_on(kc::put_records(client, stream, &refs));
+        env.rt.block_on(kc::put_records(&env.client, stream, &refs));
     }
 
     /// Every uid put so far.
@@ -185,35 +265,29 @@ impl Feeder {
             .flat_map(|(k, key)| (0..self.next[k]).map(move |i| id(self.tag, key, i)))
             .collect()
     }
-}
 
-async fn leases(dynamo: &str, table: &str) -> Vec<Lease> {
-    let store = LeaseStore::Dynamo(DynamoLeases {
-        client: kc::dynamodb_client(dynamo),
-        table: table.to_string(),
-    });
-    store.list().await.expect("lease table")
+    /// Asserts that `uids` hold every record put so far, each key's in the order put.
+    fn check_all_in_order(&self, uids: &[String]) {
+        let order = check_order(uids);
+        for (k, key) in self.keys.iter().enumerate() {
+            assert_eq!(
+                order.get(&format!("{}-{key}", self.tag)),
+                Some(&(0..self.next[k]).collect::<Vec<_>>()),
+                "{key}"
+            );
+        }
+    }
 }
 
 #[test]
 fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
-    let Some((kinesis, dynamo)) = kc::endpoints() else {
+    let Some(env) = Env::new("kinesis-order") else {
         return;
     };
-    kc::set_process_env();
-    let rt = rt();
-    let client = kc::kinesis_client(&kinesis);
-    let stream = kc::unique("order");
-    let table = kc::unique("leases");
+    let (rt, client) = (&env.rt, &env.client);
+    let stream = env.create_stream("order", 4);
     let t = templates();
-    let shards: Vec<String> = rt.block_on(async {
-        kc::create_stream(&client, &stream, 4).await;
-        kc::list_shards(&client, &stream)
-            .await
-            .iter()
-            .map(|s| s.shard_id().to_string())
-            .collect()
-    });
+    let shards = ids(&rt.block_on(kc::list_shards(client, &stream)));
     assert_eq!(shards.len(), 4);
     let per_shard = 250;
     let mut last_seq = BTreeMap::new();
@@ -227,29 +301,19 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
             if k == 1 {
                 refs.insert(100, b"{\"not\": \"an audit record\"}");
             }
-            let seqs = kc::put_to_shard(&client, &stream, s, &refs).await;
+            let seqs = kc::put_to_shard(client, &stream, s, &refs).await;
             last_seq.insert(s.clone(), seqs.last().cloned().expect("seq"));
         }
     });
-    let dir = scratch("kinesis-order");
-    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
-    let run = Running::start_on(
-        runtime(WORKERS),
-        &yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""),
-    );
+    let (out, dead) = (&env.out, &env.dead);
+    let run = env.start(&stream, "");
     let want = 4 * per_shard;
     let done = wait_until(Duration::from_secs(60), || {
-        lines(&out) >= want && lines(&dead) >= 1
+        lines(out) >= want && lines(dead) >= 1
     });
     let summary = run.stop().expect("clean stop");
-    assert!(
-        done,
-        "{} events, {} dead letters",
-        lines(&out),
-        lines(&dead)
-    );
-    let got = events(&out);
-    let uids: Vec<String> = got.iter().map(|(u, _)| u.clone()).collect();
+    assert!(done, "{} events, {} dead letters", lines(out), lines(dead));
+    let uids = uids_of(out);
     assert_eq!(uids.len(), want, "no duplicates in a clean run: {summary}");
     let order = check_order(&uids);
     for k in 0..4 {
@@ -260,7 +324,7 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
         );
     }
     let dl: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&dead)
+        std::fs::read_to_string(dead)
             .unwrap()
             .lines()
             .next()
@@ -273,7 +337,7 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
         "the dead letter names its stream and shard: {dl_text}"
     );
     // Every lease holds its shard's last sequence number and no owner after a clean stop.
-    let ls = rt.block_on(leases(&dynamo, &table));
+    let ls = env.leases();
     assert_eq!(ls.len(), 4);
     for l in &ls {
         assert_eq!(l.owner, None, "released: {l:?}");
@@ -291,20 +355,20 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
                 .map(|i| record(&t, i, &id("a", &format!("s{k}"), i)))
                 .collect();
             let refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
-            kc::put_to_shard(&client, &stream, s, &refs).await;
+            kc::put_to_shard(client, &stream, s, &refs).await;
         }
     });
-    let out2 = dir.join("events-2.ndjson");
+    let out2 = env.dir.join("events-2.ndjson");
     let run = Running::start_on(
         runtime(WORKERS),
-        &yaml(&kinesis, &dynamo, &stream, &table, &out2, &dead, ""),
+        &env.yaml(&stream, &file(&out2), &file(dead), ""),
     );
     let done = wait_until(Duration::from_secs(60), || lines(&out2) >= 200);
     // A moment more: anything read twice would show up now.
     std::thread::sleep(Duration::from_millis(500));
     run.stop().expect("clean stop");
     assert!(done, "{} events after the restart", lines(&out2));
-    let uids: Vec<String> = events(&out2).into_iter().map(|(u, _)| u).collect();
+    let uids = uids_of(&out2);
     assert_eq!(
         uids.len(),
         200,
@@ -318,56 +382,33 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
             (per_shard..per_shard + 50).collect::<Vec<_>>()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
-    let Some((kinesis, dynamo)) = kc::endpoints() else {
+    let Some(env) = Env::new("kinesis-reshard") else {
         return;
     };
-    kc::set_process_env();
-    let rt = rt();
-    let client = kc::kinesis_client(&kinesis);
-    let stream = kc::unique("reshard");
-    let table = kc::unique("leases");
+    let (rt, client) = (&env.rt, &env.client);
+    let stream = env.create_stream("reshard", 2);
     let mut feed = Feeder::new("r", (0..16).map(|k| format!("k{k:02}")).collect());
-    rt.block_on(kc::create_stream(&client, &stream, 2));
-    feed.put_round(&rt, &client, &stream, 20);
-    let dir = scratch("kinesis-reshard");
-    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
-    let run = Running::start_on(
-        runtime(WORKERS),
-        &yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, ""),
-    );
-    assert!(wait_until(Duration::from_secs(30), || lines(&out) >= 100));
-    let shards: Vec<String> = rt.block_on(async {
-        kc::open_shards(&client, &stream)
-            .await
-            .iter()
-            .map(|s| s.shard_id().to_string())
-            .collect()
-    });
-    let (_low, high) = rt.block_on(kc::split_shard(&client, &stream, &shards[0]));
-    feed.put_round(&rt, &client, &stream, 20);
+    feed.put_round(&env, &stream, 20);
+    let out = &env.out;
+    let run = env.start(&stream, "");
+    assert!(wait_until(Duration::from_secs(30), || lines(out) >= 100));
+    let shards = ids(&rt.block_on(kc::open_shards(client, &stream)));
+    let (_low, high) = rt.block_on(kc::split_shard(client, &stream, &shards[0]));
+    feed.put_round(&env, &stream, 20);
     // The upper child of the split and the old second shard are adjacent: merge them.
-    rt.block_on(kc::merge_shards(&client, &stream, &high, &shards[1]));
-    feed.put_round(&rt, &client, &stream, 20);
+    rt.block_on(kc::merge_shards(client, &stream, &high, &shards[1]));
+    feed.put_round(&env, &stream, 20);
     let want = 60 * feed.keys.len();
-    let done = wait_until(Duration::from_secs(90), || lines(&out) >= want);
+    let done = wait_until(Duration::from_secs(90), || lines(out) >= want);
     std::thread::sleep(Duration::from_millis(500));
     let summary = run.stop().expect("clean stop");
-    assert!(done, "{} of {want} events; {summary}", lines(&out));
-    let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
-    let order = check_order(&uids);
-    for key in &feed.keys {
-        assert_eq!(
-            order[&format!("r-{key}")],
-            (0..60).collect::<Vec<_>>(),
-            "{key}"
-        );
-    }
-    let ls = rt.block_on(leases(&dynamo, &table));
+    assert!(done, "{} of {want} events; {summary}", lines(out));
+    feed.check_all_in_order(&uids_of(out));
+    let ls = env.leases();
     for closed in [&shards[0], &shards[1], &high] {
         let l = ls.iter().find(|l| l.shard == **closed).expect("lease");
         assert_eq!(
@@ -377,7 +418,6 @@ fn a_split_and_a_merge_during_the_run_keep_order_per_partition_key() {
         );
     }
     assert!(ls.len() >= 5, "parents and children have leases: {ls:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 struct Proc {
@@ -418,30 +458,22 @@ fn spawn(dir: &Path, name: &str, yaml_text: &str) -> Proc {
 
 #[test]
 fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
-    let Some((kinesis, dynamo)) = kc::endpoints() else {
+    let Some(env) = Env::new("kinesis-replicas") else {
         return;
     };
-    kc::set_process_env();
-    let rt = rt();
-    let client = kc::kinesis_client(&kinesis);
-    let stream = kc::unique("replicas");
-    let table = kc::unique("leases");
-    rt.block_on(kc::create_stream(&client, &stream, 4));
+    let stream = env.create_stream("replicas", 4);
     let mut feed = Feeder::new("x", (0..8).map(|k| format!("k{k}")).collect());
-    feed.put_round(&rt, &client, &stream, 50);
-    let dir = scratch("kinesis-replicas");
+    feed.put_round(&env, &stream, 50);
+    let dir = &env.dir;
     let conf = |name: &str| {
-        yaml(
-            &kinesis,
-            &dynamo,
+        env.yaml(
             &stream,
-            &table,
-            &dir.join(format!("{name}.ndjson")),
-            &dir.join(format!("{name}-dead.ndjson")),
+            &file(&dir.join(format!("{name}.ndjson"))),
+            &file(&dir.join(format!("{name}-dead.ndjson"))),
             &format!("    worker_id: {name}"),
         )
     };
-    let mut a = spawn(&dir, "a", &conf("a"));
+    let mut a = spawn(dir, "a", &conf("a"));
     assert!(
         wait_until(Duration::from_secs(30), || lines(&a.out) >= 100),
         "replica a reads: see {}",
@@ -449,36 +481,32 @@ fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
     );
     let port = free_port();
     let mut b = spawn(
-        &dir,
+        dir,
         "b",
         &format!("{}\nmetrics:\n  listen: \"127.0.0.1:{port}\"\n", conf("b")),
     );
     // The two replicas balance: two leases each.
     let balanced = wait_until(Duration::from_secs(40), || {
-        let ls = rt.block_on(leases(&dynamo, &table));
+        let ls = env.leases();
         let n = |w: &str| ls.iter().filter(|l| l.owner.as_deref() == Some(w)).count();
         n("a") == 2 && n("b") == 2
     });
-    assert!(
-        balanced,
-        "leases: {:?}",
-        rt.block_on(leases(&dynamo, &table))
-    );
-    feed.put_round(&rt, &client, &stream, 50);
+    assert!(balanced, "leases: {:?}", env.leases());
+    feed.put_round(&env, &stream, 50);
     std::thread::sleep(Duration::from_millis(300));
     a.child.kill().expect("SIGKILL a");
     let _ = a.child.wait();
-    feed.put_round(&rt, &client, &stream, 50);
+    feed.put_round(&env, &stream, 50);
     let want = feed.all();
     let all = |a: &Proc, b: &Proc| {
         let mut u: BTreeSet<String> = BTreeSet::new();
         for p in [a, b] {
-            u.extend(events(&p.out).into_iter().map(|(u, _)| u));
+            u.extend(uids_of(&p.out));
         }
         u
     };
     let complete = wait_until(Duration::from_secs(60), || all(&a, &b).is_superset(&want));
-    let ls = rt.block_on(leases(&dynamo, &table));
+    let ls = env.leases();
     // b's metrics after the takeover (a scrape from a real run; kept in the test's log).
     let scrape = wait_until(Duration::from_secs(10), || {
         get(port, "/metrics").is_some_and(|(_, m)| m.contains("auditnorm_kinesis_leases_held 4"))
@@ -537,83 +565,54 @@ fn two_replicas_share_a_stream_and_one_takes_over_after_the_other_is_killed() {
         bytes.len(),
         redelivered
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn enhanced_fan_out_reads_every_shard_in_order_across_a_split() {
-    let Some((kinesis, dynamo)) = kc::endpoints() else {
+    let Some(env) = Env::new("kinesis-efo") else {
         return;
     };
-    kc::set_process_env();
-    let rt = rt();
-    let client = kc::kinesis_client(&kinesis);
-    let stream = kc::unique("efo");
-    let table = kc::unique("leases");
+    let (rt, client) = (&env.rt, &env.client);
     let mut feed = Feeder::new("f", (0..8).map(|k| format!("e{k}")).collect());
-    rt.block_on(kc::create_stream(&client, &stream, 2));
-    feed.put_round(&rt, &client, &stream, 30);
-    let dir = scratch("kinesis-efo");
-    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
-    let extra = "    enhanced_fan_out: auditnorm-test";
-    let run = Running::start_on(
-        runtime(WORKERS),
-        &yaml(&kinesis, &dynamo, &stream, &table, &out, &dead, extra),
-    );
+    let stream = env.create_stream("efo", 2);
+    feed.put_round(&env, &stream, 30);
+    let out = &env.out;
+    let run = env.start(&stream, "    enhanced_fan_out: auditnorm-test");
     assert!(
-        wait_until(Duration::from_secs(30), || lines(&out) >= 240),
+        wait_until(Duration::from_secs(30), || lines(out) >= 240),
         "{} events by enhanced fan-out",
-        lines(&out)
+        lines(out)
     );
     // Records pushed while subscribed, then a split: the children are read after the parent.
-    feed.put_round(&rt, &client, &stream, 30);
+    feed.put_round(&env, &stream, 30);
     let first = rt.block_on(async {
-        kc::open_shards(&client, &stream).await[0]
+        kc::open_shards(client, &stream).await[0]
             .shard_id()
             .to_string()
     });
-    rt.block_on(kc::split_shard(&client, &stream, &first));
-    feed.put_round(&rt, &client, &stream, 30);
+    rt.block_on(kc::split_shard(client, &stream, &first));
+    feed.put_round(&env, &stream, 30);
     let want = 90 * feed.keys.len();
-    let done = wait_until(Duration::from_secs(60), || lines(&out) >= want);
+    let done = wait_until(Duration::from_secs(60), || lines(out) >= want);
     let summary = run.stop().expect("clean stop");
-    assert!(done, "{} of {want} events; {summary}", lines(&out));
-    let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
-    let order = check_order(&uids);
-    for key in &feed.keys {
-        assert_eq!(
-            order[&format!("f-{key}")],
-            (0..90).collect::<Vec<_>>(),
-            "{key}"
-        );
-    }
-    let ls = rt.block_on(leases(&dynamo, &table));
+    assert!(done, "{} of {want} events; {summary}", lines(out));
+    feed.check_all_in_order(&uids_of(out));
+    let ls = env.leases();
     let parent = ls.iter().find(|l| l.shard == first).expect("lease");
     assert_eq!(parent.checkpoint, Checkpoint::End, "{parent:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
-    let Some((kinesis, dynamo)) = kc::endpoints() else {
+    let Some(env) = Env::new("kinesis-out") else {
         return;
     };
-    kc::set_process_env();
-    let rt = rt();
-    let client = kc::kinesis_client(&kinesis);
-    let (input, output, dlq) = (kc::unique("in"), kc::unique("out"), kc::unique("dlq"));
-    let table = kc::unique("leases");
+    let (rt, client) = (&env.rt, &env.client);
+    let input = env.create_stream("in", 3);
+    let output = env.create_stream("out", 2);
+    let dlq = env.create_stream("dlq", 1);
     let t = templates();
-    let shards: Vec<String> = rt.block_on(async {
-        kc::create_stream(&client, &input, 3).await;
-        kc::create_stream(&client, &output, 2).await;
-        kc::create_stream(&client, &dlq, 1).await;
-        kc::list_shards(&client, &input)
-            .await
-            .iter()
-            .map(|s| s.shard_id().to_string())
-            .collect()
-    });
+    let shards = ids(&rt.block_on(kc::list_shards(client, &input)));
     rt.block_on(async {
         for (k, s) in shards.iter().enumerate() {
             let recs: Vec<Vec<u8>> = (0..200)
@@ -621,30 +620,13 @@ fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
                 .collect();
             let mut refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
             refs.insert(50, b"not json at all");
-            kc::put_to_shard(&client, &input, s, &refs).await;
+            kc::put_to_shard(client, &input, s, &refs).await;
         }
     });
-    let dir = scratch("kinesis-out");
-    let text = yaml(
-        &kinesis,
-        &dynamo,
-        &input,
-        &table,
-        Path::new("-"),
-        Path::new("-"),
-        "",
-    )
-    .replace(
-        "output:\n  file: -",
-        &format!("output:\n  kinesis: {{stream: {output}, region: us-east-1, endpoint: \"{kinesis}\"}}"),
-    )
-    .replace(
-        "dead_letter:\n  file: -",
-        &format!("dead_letter:\n  kinesis: {{stream: {dlq}, region: us-east-1, endpoint: \"{kinesis}\"}}"),
-    );
+    let text = env.yaml(&input, &env.stream(&output), &env.stream(&dlq), "");
     let run = Running::start_on(runtime(WORKERS), &text);
     let count = |stream: &str| -> usize {
-        rt.block_on(kc::read_all(&client, stream))
+        rt.block_on(kc::read_all(client, stream))
             .values()
             .map(Vec::len)
             .sum()
@@ -660,7 +642,7 @@ fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
         count(&dlq)
     );
     // Each lane's events share one partition key (the lane's name) and keep its order.
-    let got = rt.block_on(kc::read_all_keyed(&client, &output));
+    let got = rt.block_on(kc::read_all_keyed(client, &output));
     let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for records in got.values() {
         for g in records {
@@ -686,7 +668,7 @@ fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
             &(0..200).collect::<Vec<_>>()
         );
     }
-    let dead = rt.block_on(kc::read_all_keyed(&client, &dlq));
+    let dead = rt.block_on(kc::read_all_keyed(client, &dlq));
     let dls: Vec<serde_json::Value> = dead
         .values()
         .flatten()
@@ -696,7 +678,6 @@ fn events_and_dead_letters_go_to_kinesis_streams_in_lane_order() {
     for d in &dls {
         assert!(d.to_string().contains("not json at all"), "{d}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -708,13 +689,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn kpl_aggregates_and_cloudwatch_logs_payloads_arrive_as_events_with_a_file_checkpoint() {
-    let Some((kinesis, _dynamo)) = kc::endpoints() else {
+    let Some(env) = Env::new("kinesis-payloads") else {
         return;
     };
-    kc::set_process_env();
-    let rt = rt();
-    let client = kc::kinesis_client(&kinesis);
-    let stream = kc::unique("payloads");
+    let (rt, client) = (&env.rt, &env.client);
     let t = templates();
     let fixture = |name: &str| {
         std::fs::read(
@@ -741,31 +719,34 @@ fn kpl_aggregates_and_cloudwatch_logs_payloads_arrive_as_events_with_a_file_chec
         gzip(&cw),
         record(&t, 4, &id("k", "s0", 4)),
     ];
+    let stream = env.create_stream("payloads", 1);
     let shard = rt.block_on(async {
-        kc::create_stream(&client, &stream, 1).await;
-        let shard = kc::list_shards(&client, &stream).await[0]
+        let shard = kc::list_shards(client, &stream).await[0]
             .shard_id()
             .to_string();
         let refs: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
-        kc::put_to_shard(&client, &stream, &shard, &refs).await;
+        kc::put_to_shard(client, &stream, &shard, &refs).await;
         shard
     });
-    let dir = scratch("kinesis-payloads");
-    let (out, dead) = (dir.join("events.ndjson"), dir.join("dead.ndjson"));
-    let checkpoints = dir.join("checkpoints.json");
-    let text = yaml(&kinesis, "unused", &stream, "unused", &out, &dead, "").replace(
-        "      dynamodb: {table: unused, endpoint: \"unused\"}",
-        &format!("      file: {}", checkpoints.display()),
+    let (out, dead) = (&env.out, &env.dead);
+    let checkpoints = env.dir.join("checkpoints.json");
+    let text = yaml(
+        &env.kinesis,
+        &stream,
+        &file(&checkpoints),
+        &file(out),
+        &file(dead),
+        "",
     );
     let want = 5 + cw_events;
     let run = Running::start_on(runtime(WORKERS), &text);
-    let done = wait_until(Duration::from_secs(30), || lines(&out) >= want);
+    let done = wait_until(Duration::from_secs(30), || lines(out) >= want);
     std::thread::sleep(Duration::from_millis(300));
     let summary = run.stop().expect("clean stop");
-    assert!(done, "{} of {want} events; {summary}", lines(&out));
+    assert!(done, "{} of {want} events; {summary}", lines(out));
     assert_eq!(summary.skipped, 1, "the control message: {summary}");
-    assert_eq!(lines(&dead), 0);
-    let uids: Vec<String> = events(&out).into_iter().map(|(u, _)| u).collect();
+    assert_eq!(lines(dead), 0);
+    let uids = uids_of(out);
     assert_eq!(uids.len(), want);
     // The plain and KPL records, in order, around the CloudWatch Logs events.
     let ours: Vec<&String> = uids.iter().filter(|u| u.starts_with("k-s0-")).collect();
@@ -784,36 +765,25 @@ fn kpl_aggregates_and_cloudwatch_logs_payloads_arrive_as_events_with_a_file_chec
     let lease = &doc["leases"][0];
     assert_eq!(lease["shard"], shard.as_str(), "{saved}");
     assert!(lease["checkpoint"]["after"].is_string(), "{saved}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_event_too_large_for_the_output_stream_becomes_a_dead_letter() {
-    let Some((kinesis, dynamo)) = kc::endpoints() else {
+    let Some(env) = Env::new("kinesis-big") else {
         return;
     };
-    kc::set_process_env();
-    let rt = rt();
-    let client = kc::kinesis_client(&kinesis);
-    let (input, output) = (kc::unique("big-in"), kc::unique("big-out"));
-    let table = kc::unique("leases");
+    let (rt, client) = (&env.rt, &env.client);
+    let input = env.create_stream("big-in", 1);
+    let output = env.create_stream("big-out", 1);
     let t = templates();
     let n = 60;
     rt.block_on(async {
-        kc::create_stream(&client, &input, 1).await;
-        kc::create_stream(&client, &output, 1).await;
         let recs: Vec<Vec<u8>> = (0..n).map(|i| record(&t, i, &id("b", "s0", i))).collect();
         let refs: Vec<(&str, &[u8])> = recs.iter().map(|d| ("k", d.as_slice())).collect();
-        kc::put_records(&client, &input, &refs).await;
+        kc::put_records(client, &input, &refs).await;
     });
-    let dir = scratch("kinesis-big");
-    let dead = dir.join("dead.ndjson");
-    let text = yaml(&kinesis, &dynamo, &input, &table, Path::new("-"), &dead, "").replace(
-        "output:\n  file: -",
-        &format!(
-            "output:\n  kinesis: {{stream: {output}, region: us-east-1, endpoint: \"{kinesis}\"}}"
-        ),
-    );
+    let dead = &env.dead;
+    let text = env.yaml(&input, &env.stream(&output), &file(dead), "");
     // A limit between the sizes of the corpus's events, so that some fit and some do not.
     let limit = 2600;
     let run = Running::start_with(runtime(WORKERS), &text, |plan| match &mut plan.output {
@@ -821,11 +791,11 @@ fn an_event_too_large_for_the_output_stream_becomes_a_dead_letter() {
         other => panic!("{other:?}"),
     });
     let count = || -> usize {
-        rt.block_on(kc::read_all(&client, &output))
+        rt.block_on(kc::read_all(client, &output))
             .values()
             .map(Vec::len)
             .sum::<usize>()
-            + lines(&dead)
+            + lines(dead)
     };
     let done = wait_until(Duration::from_secs(60), || count() >= n);
     let summary = run
@@ -833,7 +803,7 @@ fn an_event_too_large_for_the_output_stream_becomes_a_dead_letter() {
         .expect("clean stop: an oversized event does not wedge the lane");
     assert!(done, "{} of {n}; {summary}", count());
     let events: Vec<String> = rt
-        .block_on(kc::read_all(&client, &output))
+        .block_on(kc::read_all(client, &output))
         .values()
         .flatten()
         .map(|(_, d)| {
@@ -842,7 +812,7 @@ fn an_event_too_large_for_the_output_stream_becomes_a_dead_letter() {
             v["metadata"]["uid"].as_str().unwrap().to_string()
         })
         .collect();
-    let dls: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+    let dls: Vec<serde_json::Value> = std::fs::read_to_string(dead)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -874,5 +844,4 @@ fn an_event_too_large_for_the_output_stream_becomes_a_dead_letter() {
         n,
         "every record is an event or a dead letter, once"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
