@@ -170,6 +170,13 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
     wait_active(client, name).await;
 }
 
+/// A stream named after `prefix` that no earlier run used, with `shards` shards, ACTIVE.
+pub async fn new_stream(client: &aws_sdk_kinesis::Client, prefix: &str, shards: i32) -> String {
+    let name = unique(prefix);
+    create_stream(client, &name, shards).await;
+    name
+}
+
 /// Deletes a stream (and its consumers); a stream that is gone already is fine. Tests delete
 /// what they created: kinesis-local counts all streams' shards against one limit.
 pub async fn delete_stream(client: &aws_sdk_kinesis::Client, name: &str) {

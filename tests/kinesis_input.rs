@@ -116,10 +116,8 @@ impl Env {
 
     /// A new stream of `shards` shards, named after `prefix`; ACTIVE when this returns.
     fn create_stream(&self, prefix: &str, shards: i32) -> String {
-        let stream = kc::unique(prefix);
         self.rt
-            .block_on(kc::create_stream(&self.client, &stream, shards));
-        stream
+            .block_on(kc::new_stream(&self.client, prefix, shards))
     }
 
     /// A Kinesis stream destination on the emulator.

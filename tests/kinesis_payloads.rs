@@ -174,6 +174,19 @@ fn plain_events(bytes: &[u8]) -> Vec<String> {
     log.events().iter().map(|e| e.0.to_string()).collect()
 }
 
+/// Asserts that the unit gives one skip, at its own position, for a reason that says `why`.
+fn assert_skipped_whole(bytes: &[u8], why: &str) {
+    let log = run(bytes);
+    assert_eq!(log.shape(), "S");
+    match &log.0[0] {
+        Out::Skipped { position, reason } => {
+            assert_eq!(*position, pos());
+            assert!(reason.contains(why), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 // ------------------------------------------------------------------------- KPL, plain JSON
 
 #[test]
@@ -414,15 +427,7 @@ fn partition_key_index_out_of_range_is_one_dead_letter() {
 
 #[test]
 fn empty_aggregate_is_skipped() {
-    let log = run(&kpl::aggregate(&[]));
-    assert_eq!(log.shape(), "S");
-    match &log.0[0] {
-        Out::Skipped { position, reason } => {
-            assert_eq!(*position, pos());
-            assert!(reason.contains("empty KPL aggregate"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_skipped_whole(&kpl::aggregate(&[]), "empty KPL aggregate");
 }
 
 // --------------------------------------------------------- CloudWatch Logs subscriptions
@@ -478,15 +483,10 @@ fn eks_audit_via_cloudwatch_subscription_gives_kubernetes_events() {
 
 #[test]
 fn control_message_is_skipped() {
-    let log = run(&gzip(&fixture("cloudwatch-control.json")));
-    assert_eq!(log.shape(), "S");
-    match &log.0[0] {
-        Out::Skipped { position, reason } => {
-            assert_eq!(*position, pos());
-            assert!(reason.contains("control message"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_skipped_whole(
+        &gzip(&fixture("cloudwatch-control.json")),
+        "control message",
+    );
 }
 
 #[test]

@@ -63,8 +63,7 @@ async fn records_of_each_key_arrive_in_send_order_on_a_four_shard_stream() {
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::unique("sink-order");
-    kc::create_stream(&client, &stream, 4).await;
+    let stream = kc::new_stream(&client, "sink-order", 4).await;
     let mut s = settings(&endpoint, &stream);
     // A small queue bound, so that `Full` and waiting for acknowledgements happen too.
     s.max_in_flight = 1_000;
@@ -149,8 +148,7 @@ async fn a_record_over_the_size_limit_is_refused_with_the_reason() {
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::unique("sink-oversize");
-    kc::create_stream(&client, &stream, 1).await;
+    let stream = kc::new_stream(&client, "sink-oversize", 1).await;
     let sink = KinesisStream::connect(&settings(&endpoint, &stream))
         .await
         .expect("connect");
@@ -209,8 +207,7 @@ async fn an_entry_rejected_by_the_stream_fails_its_later_records_of_the_same_key
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::unique("sink-partial");
-    kc::create_stream(&client, &stream, 2).await;
+    let stream = kc::new_stream(&client, "sink-partial", 2).await;
     let mut s = settings(&endpoint, &stream);
     s.max_record_bytes = Some(2 * 1024 * 1024);
     // Long enough for the four records to share one call.
@@ -252,8 +249,7 @@ async fn a_stream_named_by_arn_works_and_flush_waits_for_everything() {
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::unique("sink-arn");
-    kc::create_stream(&client, &stream, 1).await;
+    let stream = kc::new_stream(&client, "sink-arn", 1).await;
     let arn = client
         .describe_stream_summary()
         .stream_name(&stream)
@@ -301,8 +297,7 @@ async fn throughput_against_plain_put_records() {
         .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes())
         .collect();
 
-    let plain = kc::unique("tp-plain");
-    kc::create_stream(&client, &plain, 4).await;
+    let plain = kc::new_stream(&client, "tp-plain", 4).await;
     let recs: Vec<(&str, &[u8])> = (0..n)
         .map(|i| (keys[i % keys.len()].as_str(), data[i].as_slice()))
         .collect();
@@ -311,8 +306,7 @@ async fn throughput_against_plain_put_records() {
     let plain_s = t.elapsed().as_secs_f64();
 
     for concurrent in [1, 4] {
-        let stream = kc::unique("tp-sink");
-        kc::create_stream(&client, &stream, 4).await;
+        let stream = kc::new_stream(&client, "tp-sink", 4).await;
         let mut s = settings(&endpoint, &stream);
         s.max_concurrent_requests = concurrent;
         let sink = KinesisStream::connect(&s).await.expect("connect");
