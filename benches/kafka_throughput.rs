@@ -24,7 +24,7 @@ mod kc;
 mod support;
 
 use auditnorm::config::{self, DestinationPlan, InputPlan};
-use kc::{record, templates};
+use kc::{record, templates, Topics};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -87,28 +87,9 @@ fn sent_micros(value: &[u8]) -> Option<u64> {
     None
 }
 
-struct Topics {
-    input: String,
-    output: String,
-    dead: String,
-    group: String,
-}
-
 fn new_topics(broker: &str, tag: &str) -> Topics {
-    let t = Topics {
-        input: kc::unique(&format!("bench-{tag}-in")),
-        output: kc::unique(&format!("bench-{tag}-out")),
-        dead: kc::unique(&format!("bench-{tag}-dlq")),
-        group: kc::unique(&format!("bench-{tag}-group")),
-    };
-    kc::create_topics(
-        broker,
-        &[
-            (&t.input, PARTITIONS),
-            (&t.output, PARTITIONS),
-            (&t.dead, 1),
-        ],
-    );
+    let t = Topics::unique(&format!("bench-{tag}"));
+    t.create(broker, PARTITIONS);
     t
 }
 
@@ -159,20 +140,7 @@ struct Throughput {
 fn drain(child: Child, broker: &str, t: &Topics, backlog: usize) -> Throughput {
     // Completion is seen by reading the output (fetches), not by offset queries: on tansu,
     // polling ListOffsets while the pipeline runs slowed it down many times over.
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", "bench-drain-reader")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("reader");
-    {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&t.output, p, Offset::Beginning)
-                .expect("tpl");
-        }
-        reader.assign(&tpl).expect("assign");
-    }
+    let reader = output_reader(broker, "bench-drain-reader", "100", &t.output);
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut seen = 0usize;
     while seen < backlog {
@@ -196,6 +164,24 @@ fn drain(child: Child, broker: &str, t: &Topics, backlog: usize) -> Throughput {
         cpu_secs: usage.1,
         records: backlog,
     }
+}
+
+/// A consumer of every partition of `topic` from its beginning, with its own `group` and
+/// `fetch.wait.max.ms`.
+fn output_reader(broker: &str, group: &str, fetch_wait_ms: &str, topic: &str) -> BaseConsumer {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .set("fetch.wait.max.ms", fetch_wait_ms)
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    reader.assign(&tpl).expect("assign");
+    reader
 }
 
 /// The earliest and the latest record timestamp (ms) of a topic.
@@ -276,20 +262,7 @@ fn latency(child: Child, broker: &str, t: &Topics, rate: f64, secs: u64) -> Late
             sent
         })
     };
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", "bench-latency-reader")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .expect("reader");
-    {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&t.output, p, Offset::Beginning)
-                .expect("tpl");
-        }
-        reader.assign(&tpl).expect("assign");
-    }
+    let reader = output_reader(broker, "bench-latency-reader", "5", &t.output);
     let start = Instant::now();
     let warmup = Duration::from_secs(3);
     let mut samples: Vec<u64> = Vec::new();
@@ -349,6 +322,10 @@ fn bench(broker: &str, secs: u64, records: usize) {
         loadavg()
     );
     let run_start = Instant::now();
+    // A child reads its config from a file: written to `dir`, next to the child's log.
+    let start = |child: fn(&Path, &Path) -> Child, t: &Topics, log: &str| {
+        child(&write_config(&dir, broker, t), &dir.join(log))
+    };
 
     // 1. Throughput: one backlog, read by both (each with its own group and output topic).
     let backlog = new_topics(broker, "tp");
@@ -370,36 +347,19 @@ fn bench(broker: &str, secs: u64, records: usize) {
             records,
         }
     } else {
-        drain(
-            Child::passthrough(
-                &write_config(&dir, broker, &pt_topics),
-                &dir.join("passthrough.log"),
-            ),
-            broker,
-            &pt_topics,
-            records,
-        )
+        let child = start(Child::passthrough, &pt_topics, "passthrough.log");
+        drain(child, broker, &pt_topics, records)
     };
     eprintln!(
         "passthrough drained {} records: {:.0}/s",
         pt.records, pt.rate
     );
-    let an_out = new_topics(broker, "an");
     let an_topics = Topics {
         input: backlog.input.clone(),
-        output: an_out.output.clone(),
-        dead: an_out.dead.clone(),
-        group: an_out.group.clone(),
+        ..new_topics(broker, "an")
     };
-    let an = drain(
-        Child::auditnorm(
-            &write_config(&dir, broker, &an_topics),
-            &dir.join("auditnorm.log"),
-        ),
-        broker,
-        &an_topics,
-        records,
-    );
+    let child = start(Child::auditnorm, &an_topics, "auditnorm.log");
+    let an = drain(child, broker, &an_topics, records);
     eprintln!("auditnorm drained {} records: {:.0}/s", an.records, an.rate);
 
     // 2. Latency at a fifth of the slower rate (AUDITNORM_BENCH_LATENCY_RATE to choose), for
@@ -410,43 +370,23 @@ fn bench(broker: &str, secs: u64, records: usize) {
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or((pt.rate.min(an.rate) / 5.0).max(100.0));
-    let lat_pt_topics = new_topics(broker, "lpt");
-    let lat_pt = latency(
-        Child::passthrough(
-            &write_config(&dir, broker, &lat_pt_topics),
-            &dir.join("passthrough-latency.log"),
-        ),
-        broker,
-        &lat_pt_topics,
-        rate,
-        rest,
-    );
-    let lat_an_topics = new_topics(broker, "lan");
-    let lat_an = latency(
-        Child::auditnorm(
-            &write_config(&dir, broker, &lat_an_topics),
-            &dir.join("auditnorm-latency.log"),
-        ),
-        broker,
-        &lat_an_topics,
-        rate,
-        rest,
-    );
+    let measure_latency = |child, tag, log| {
+        let t = new_topics(broker, tag);
+        latency(start(child, &t, log), broker, &t, rate, rest)
+    };
+    let lat_pt = measure_latency(Child::passthrough, "lpt", "passthrough-latency.log");
+    let lat_an = measure_latency(Child::auditnorm, "lan", "auditnorm-latency.log");
 
     println!();
     println!("kafka_throughput ({records} records of ~{bytes} B, {PARTITIONS} partitions, broker {broker}; run {:.0}s; load average at end {})", run_start.elapsed().as_secs_f64(), loadavg());
-    println!(
-        "  passthrough: {:>9.0} events/s   {:>7.0} events per CPU-second   peak RSS {:>6.1} MiB",
-        pt.rate,
-        pt.records as f64 / pt.cpu_secs.max(1e-3),
-        pt.rss_kib as f64 / 1024.0
-    );
-    println!(
-        "  auditnorm:   {:>9.0} events/s   {:>7.0} events per CPU-second   peak RSS {:>6.1} MiB",
-        an.rate,
-        an.records as f64 / an.cpu_secs.max(1e-3),
-        an.rss_kib as f64 / 1024.0
-    );
+    for (name, t) in [("passthrough:", &pt), ("auditnorm:", &an)] {
+        println!(
+            "  {name:<13}{:>9.0} events/s   {:>7.0} events per CPU-second   peak RSS {:>6.1} MiB",
+            t.rate,
+            t.records as f64 / t.cpu_secs.max(1e-3),
+            t.rss_kib as f64 / 1024.0
+        );
+    }
     println!(
         "  ratio auditnorm / passthrough: {:.0}% (target >= 50%)",
         100.0 * an.rate / pt.rate

@@ -5,10 +5,8 @@
 #[path = "kafka_common.rs"]
 mod kc;
 
-use kc::{
-    check_output, committed, create_topics, event_id, produce, read_topic, record, templates,
-};
-use kc::{unique, wait_until, Binary, FAST_GROUP};
+use kc::{check_output, commits_reach, committed, event_id, produce, read_topic, record};
+use kc::{templates, Binary, Topics};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,23 +34,10 @@ fn workdir(name: &str) -> PathBuf {
     d
 }
 
-struct Topics {
-    input: String,
-    output: String,
-    dead: String,
-    group: String,
-}
-
+/// Writes the config of a pipeline between the topics `t` to `dir`/auditnorm.yaml.
 fn config(dir: &Path, broker: &str, t: &Topics) -> PathBuf {
-    let yaml = format!(
-        "kafka:\n  brokers: [\"{broker}\"]\ninput:\n  kafka:\n    group: {g}\n    topics: [{{name: {i}, source: cloudtrail}}]\n    options: {FAST_GROUP}\noutput:\n  kafka: {{topic: {o}}}\ndead_letter:\n  kafka: {{topic: {d}}}\npipeline: {{commit_interval: 200ms, drain_timeout: 10s}}\n",
-        g = t.group,
-        i = t.input,
-        o = t.output,
-        d = t.dead,
-    );
     let path = dir.join("auditnorm.yaml");
-    std::fs::write(&path, yaml).expect("config");
+    std::fs::write(&path, t.setup(broker).yaml()).expect("config");
     path
 }
 
@@ -94,23 +79,15 @@ fn fill(
 fn end_to_end_through_the_binary_with_a_restart() {
     let Some(broker) = broker() else { return };
     let dir = workdir("kafka-broker-e2e");
-    let t = Topics {
-        input: unique("e2e-in"),
-        output: unique("e2e-out"),
-        dead: unique("e2e-dlq"),
-        group: unique("e2e-group"),
-    };
-    create_topics(&broker, &[(&t.input, 3), (&t.output, 3), (&t.dead, 1)]);
+    let t = Topics::unique("e2e");
+    t.create(&broker, 3);
     let cfg = config(&dir, &broker, &t);
     let log = dir.join("auditnorm.log");
     let (mut expected, ends) = fill(&broker, &t.input, "e2e", 3, 0..500, &[250]);
 
     let run = Binary::run(&cfg, &log);
-    let done = |ends: &[i64]| {
-        wait_until(Duration::from_secs(120), || {
-            committed(&broker, &t.group, &t.input, 3) == ends
-        })
-    };
+    let done =
+        |ends: &[i64]| commits_reach(&broker, &t.group, &t.input, ends, Duration::from_secs(120));
     assert!(
         done(&ends),
         "commits did not reach {ends:?}; log:\n{}",
@@ -192,26 +169,14 @@ fn two_kill_9s_lose_nothing_and_duplicates_are_identical() {
     eprintln!("crash test seed: {seed} (AUDITNORM_CRASH_SEED)");
     let mut rng = Rng(seed);
     let dir = workdir("kafka-broker-crash");
-    let t = Topics {
-        input: unique("crash-in"),
-        output: unique("crash-out"),
-        dead: unique("crash-dlq"),
-        group: unique("crash-group"),
-    };
+    let t = Topics::unique("crash");
     const PARTITIONS: i32 = 6;
     let per: usize = std::env::var("AUDITNORM_CRASH_RECORDS")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(200_000)
         / PARTITIONS as usize;
-    create_topics(
-        &broker,
-        &[
-            (&t.input, PARTITIONS),
-            (&t.output, PARTITIONS),
-            (&t.dead, 1),
-        ],
-    );
+    t.create(&broker, PARTITIONS);
     let cfg = config(&dir, &broker, &t);
     let log = dir.join("auditnorm.log");
     let poison = per / 3;
@@ -246,9 +211,7 @@ fn two_kill_9s_lose_nothing_and_duplicates_are_identical() {
         run = Binary::run(&cfg, &log);
     }
     assert!(
-        wait_until(Duration::from_secs(900), || committed(
-            &broker, &t.group, &t.input, PARTITIONS
-        ) == ends),
+        commits_reach(&broker, &t.group, &t.input, &ends, Duration::from_secs(900)),
         "commits {:?} did not reach {ends:?}; log:\n{}",
         committed(&broker, &t.group, &t.input, PARTITIONS),
         run.log_text()

@@ -200,6 +200,20 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     offsets
 }
 
+/// Waits up to `timeout` until `group` has committed `want` on `topic` (one offset per
+/// partition).
+pub fn commits_reach(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    want: &[i64],
+    timeout: Duration,
+) -> bool {
+    wait_until(timeout, || {
+        committed(bootstrap, group, topic, want.len() as i32) == want
+    })
+}
+
 /// Sum of the high watermarks of a topic's partitions (records written so far); one client
 /// kept for repeated, cheap calls.
 pub struct Watermarks {
@@ -272,6 +286,55 @@ impl Setup<'_> {
             db = brokers(self.dead_letter_brokers),
             opts = FAST_GROUP,
         )
+    }
+}
+
+/// An input, an output and a dead-letter topic and a consumer group, named after a prefix so
+/// that no earlier run used them (a broker keeps its topics while it runs).
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub dead: String,
+    pub group: String,
+}
+
+impl Topics {
+    /// `<prefix>-in`, `-out`, `-dlq` and `-group`, each made [`unique`].
+    pub fn unique(prefix: &str) -> Topics {
+        let name = |what: &str| unique(&format!("{prefix}-{what}"));
+        Topics {
+            input: name("in"),
+            output: name("out"),
+            dead: name("dlq"),
+            group: name("group"),
+        }
+    }
+
+    /// Creates the input and output topics with `partitions` partitions, the dead-letter topic
+    /// with one.
+    pub fn create(&self, bootstrap: &str, partitions: i32) {
+        create_topics(
+            bootstrap,
+            &[
+                (&self.input, partitions),
+                (&self.output, partitions),
+                (&self.dead, 1),
+            ],
+        );
+    }
+
+    /// The config of a pipeline from the input to the output, all on `bootstrap`.
+    pub fn setup<'a>(&'a self, bootstrap: &'a str) -> Setup<'a> {
+        Setup {
+            bootstrap,
+            group: &self.group,
+            input: &self.input,
+            output: &self.output,
+            dead_letter: &self.dead,
+            dead_letter_brokers: None,
+            output_brokers: None,
+            pipeline: "",
+        }
     }
 }
 

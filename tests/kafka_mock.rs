@@ -5,8 +5,8 @@
 mod kc;
 
 use auditnorm::pipeline::{LaneError, PipelineError};
-use kc::{check_output, committed, event_id, produce, read_topic, record, templates, wait_until};
-use kc::{Running, Setup};
+use kc::{check_output, commits_reach, committed, event_id, produce, read_topic, record};
+use kc::{templates, Running, Setup};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -44,10 +44,13 @@ impl Mock {
         self.owner.client().mock_cluster().expect("mock")
     }
 
-    fn topic(&self, name: &str, partitions: i32) {
-        self.cluster()
-            .create_topic(name, partitions, 1)
-            .expect("create topic");
+    /// Creates topics (name, partitions).
+    fn topics(&self, topics: &[(&str, i32)]) {
+        for (name, partitions) in topics {
+            self.cluster()
+                .create_topic(name, *partitions, 1)
+                .expect("create topic");
+        }
     }
 
     /// Every Produce request fails (retriably) until `heal`.
@@ -100,12 +103,44 @@ fn extend(all: &mut BTreeMap<i32, Vec<String>>, more: BTreeMap<i32, Vec<String>>
 
 const POISON: &str = "{\"eventVersion\": \"1.10\", this is not JSON";
 
+/// How long a test waits for commits.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Pipeline settings under which a destination that refuses writes fails the run quickly.
+const GIVE_UP_FAST: &str =
+    "delivery_timeout: 1s, retry: {budget: 1, backoff: 100ms, max_backoff: 100ms}";
+
+/// The config of a pipeline from `in` to `out`, dead letters to `dlq`, all on `bootstrap`.
+fn setup<'a>(bootstrap: &'a str, group: &'a str) -> Setup<'a> {
+    Setup {
+        bootstrap,
+        group,
+        input: "in",
+        output: "out",
+        dead_letter: "dlq",
+        dead_letter_brokers: None,
+        output_brokers: None,
+        pipeline: "",
+    }
+}
+
+/// Runs `setup` and asserts that the pipeline gives up: a destination refuses every write
+/// until the retry budget is spent.
+fn assert_gives_up(setup: &Setup) {
+    let failed = Running::start(&setup.yaml()).wait(WAIT);
+    assert!(
+        matches!(
+            failed,
+            Err(PipelineError::Lane(LaneError::RetryBudget { .. }))
+        ),
+        "{failed:?}"
+    );
+}
+
 #[test]
 fn order_holds_per_partition_and_a_poison_record_goes_to_dead_letters() {
     let mock = Mock::new();
-    mock.topic("in", 3);
-    mock.topic("out", 3);
-    mock.topic("dlq", 1);
+    mock.topics(&[("in", 3), ("out", 3), ("dlq", 1)]);
     let t = templates();
     let p = mock.producer();
     let mut expected = BTreeMap::new();
@@ -122,24 +157,9 @@ fn order_holds_per_partition_and_a_poison_record_goes_to_dead_letters() {
         produce(&p, "in", part, &recs);
         expected.insert(part, ids);
     }
-    let setup = Setup {
-        bootstrap: &mock.bootstrap,
-        group: "g-order",
-        input: "in",
-        output: "out",
-        dead_letter: "dlq",
-        dead_letter_brokers: None,
-        output_brokers: None,
-        pipeline: "",
-    };
-    let run = Running::start(&setup.yaml());
+    let run = Running::start(&setup(&mock.bootstrap, "g-order").yaml());
     assert!(
-        wait_until(Duration::from_secs(60), || committed(
-            &mock.bootstrap,
-            "g-order",
-            "in",
-            3
-        ) == vec![300, 301, 300]),
+        commits_reach(&mock.bootstrap, "g-order", "in", &[300, 301, 300], WAIT),
         "commits did not reach the end: {:?}",
         committed(&mock.bootstrap, "g-order", "in", 3)
     );
@@ -191,10 +211,9 @@ fn order_holds_per_partition_and_a_poison_record_goes_to_dead_letters() {
 #[test]
 fn the_commit_passes_a_dead_letter_only_after_its_acknowledgement() {
     let input = Mock::new();
-    input.topic("in", 1);
-    input.topic("out", 1);
+    input.topics(&[("in", 1), ("out", 1)]);
     let dead = Mock::new();
-    dead.topic("dlq", 1);
+    dead.topics(&[("dlq", 1)]);
     dead.break_produce();
     let t = templates();
     let mut ids: Vec<String> = (0..20).map(|i| event_id("dlack", 0, i)).collect();
@@ -206,23 +225,11 @@ fn the_commit_passes_a_dead_letter_only_after_its_acknowledgement() {
     recs.insert(10, POISON.to_string());
     produce(&input.producer(), "in", 0, &recs);
     let setup = Setup {
-        bootstrap: &input.bootstrap,
-        group: "g-dlack",
-        input: "in",
-        output: "out",
-        dead_letter: "dlq",
         dead_letter_brokers: Some(&dead.bootstrap),
-        output_brokers: None,
-        pipeline: "delivery_timeout: 1s, retry: {budget: 1, backoff: 100ms, max_backoff: 100ms}",
+        pipeline: GIVE_UP_FAST,
+        ..setup(&input.bootstrap, "g-dlack")
     };
-    let failed = Running::start(&setup.yaml()).wait(Duration::from_secs(60));
-    assert!(
-        matches!(
-            failed,
-            Err(PipelineError::Lane(LaneError::RetryBudget { .. }))
-        ),
-        "{failed:?}"
-    );
+    assert_gives_up(&setup);
     // The 10 records before the poison one are committed; the 10 after it reached the output
     // but the commit stays on the record whose dead letter was not acknowledged.
     assert_eq!(committed(&input.bootstrap, "g-dlack", "in", 1), vec![10]);
@@ -232,12 +239,13 @@ fn the_commit_passes_a_dead_letter_only_after_its_acknowledgement() {
 
     dead.heal();
     let run = Running::start(&setup.yaml());
-    assert!(wait_until(Duration::from_secs(60), || committed(
+    assert!(commits_reach(
         &input.bootstrap,
         "g-dlack",
         "in",
-        1
-    ) == vec![21]));
+        &[21],
+        WAIT
+    ));
     run.stop().expect("clean stop");
     let dl = read_topic(&dead.bootstrap, "dlq", 1, Duration::from_secs(10));
     assert_eq!(dl.len(), 1, "one dead letter once the topic takes writes");
@@ -260,25 +268,15 @@ fn the_commit_passes_a_dead_letter_only_after_its_acknowledgement() {
 #[test]
 fn a_failing_output_holds_the_commit_and_a_restart_resumes_right_after_it() {
     let input = Mock::new();
-    input.topic("in", 2);
-    input.topic("dlq", 1);
+    input.topics(&[("in", 2), ("dlq", 1)]);
     let output = Mock::new();
-    output.topic("out", 2);
+    output.topics(&[("out", 2)]);
     let setup = Setup {
-        bootstrap: &input.bootstrap,
-        group: "g-outage",
-        input: "in",
-        output: "out",
-        dead_letter: "dlq",
-        dead_letter_brokers: None,
         output_brokers: Some(&output.bootstrap),
-        pipeline: "delivery_timeout: 1s, retry: {budget: 1, backoff: 100ms, max_backoff: 100ms}",
+        pipeline: GIVE_UP_FAST,
+        ..setup(&input.bootstrap, "g-outage")
     };
-    let ends = |v: i64| {
-        wait_until(Duration::from_secs(60), || {
-            committed(&input.bootstrap, "g-outage", "in", 2) == vec![v, v]
-        })
-    };
+    let ends = |v: i64| commits_reach(&input.bootstrap, "g-outage", "in", &[v, v], WAIT);
 
     // 1. A normal run commits everything.
     let mut expected = fill(&input, "in", "outage", 2, 0..50);
@@ -289,14 +287,7 @@ fn a_failing_output_holds_the_commit_and_a_restart_resumes_right_after_it() {
     // 2. The output refuses every write: the pipeline gives up, the commit stays at 50.
     output.break_produce();
     extend(&mut expected, fill(&input, "in", "outage", 2, 50..100));
-    let failed = Running::start(&setup.yaml()).wait(Duration::from_secs(60));
-    assert!(
-        matches!(
-            failed,
-            Err(PipelineError::Lane(LaneError::RetryBudget { .. }))
-        ),
-        "{failed:?}"
-    );
+    assert_gives_up(&setup);
     assert_eq!(
         committed(&input.bootstrap, "g-outage", "in", 2),
         vec![50, 50]
@@ -315,20 +306,8 @@ fn a_failing_output_holds_the_commit_and_a_restart_resumes_right_after_it() {
 #[test]
 fn a_rebalance_between_two_pipelines_loses_nothing() {
     let mock = Mock::new();
-    mock.topic("in", 6);
-    mock.topic("out", 6);
-    mock.topic("dlq", 1);
-    let setup = Setup {
-        bootstrap: &mock.bootstrap,
-        group: "g-rebalance",
-        input: "in",
-        output: "out",
-        dead_letter: "dlq",
-        dead_letter_brokers: None,
-        output_brokers: None,
-        pipeline: "",
-    };
-    let yaml = setup.yaml();
+    mock.topics(&[("in", 6), ("out", 6), ("dlq", 1)]);
+    let yaml = setup(&mock.bootstrap, "g-rebalance").yaml();
     let mut expected = fill(&mock, "in", "rb", 6, 0..300);
     let first = Running::start(&yaml);
     std::thread::sleep(Duration::from_millis(1500));
@@ -344,12 +323,7 @@ fn a_rebalance_between_two_pipelines_loses_nothing() {
     let s1 = first.stop().expect("first stops cleanly");
     extend(&mut expected, fill(&mock, "in", "rb", 6, 1000..1200));
     assert!(
-        wait_until(Duration::from_secs(60), || committed(
-            &mock.bootstrap,
-            "g-rebalance",
-            "in",
-            6
-        ) == vec![1200; 6]),
+        commits_reach(&mock.bootstrap, "g-rebalance", "in", &[1200; 6], WAIT),
         "commits: {:?}",
         committed(&mock.bootstrap, "g-rebalance", "in", 6)
     );
@@ -370,7 +344,7 @@ fn a_rebalance_between_two_pipelines_loses_nothing() {
 #[test]
 fn file_destinations_append_across_restarts() {
     let mock = Mock::new();
-    mock.topic("in", 2);
+    mock.topics(&[("in", 2)]);
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka-mock-files");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -386,22 +360,13 @@ fn file_destinations_append_across_restarts() {
     let mut expected = fill(&mock, "in", "files", 2, 0..40);
     let p = mock.producer();
     produce(&p, "in", 0, &[POISON.to_string()]);
+    let reach = |want: &[i64]| commits_reach(&mock.bootstrap, "g-files", "in", want, WAIT);
     let run = Running::start(&yaml);
-    assert!(wait_until(Duration::from_secs(60), || committed(
-        &mock.bootstrap,
-        "g-files",
-        "in",
-        2
-    ) == vec![41, 40]));
+    assert!(reach(&[41, 40]));
     run.stop().expect("clean stop");
     extend(&mut expected, fill(&mock, "in", "files", 2, 40..60));
     let run = Running::start(&yaml);
-    assert!(wait_until(Duration::from_secs(60), || committed(
-        &mock.bootstrap,
-        "g-files",
-        "in",
-        2
-    ) == vec![61, 60]));
+    assert!(reach(&[61, 60]));
     run.stop().expect("clean stop");
     assert_eq!(lines(&events), 120, "the second run appended");
     assert_eq!(lines(&dead), 1);
