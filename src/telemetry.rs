@@ -478,8 +478,8 @@ pub struct LaneMetrics {
     normalize: Histogram,
     checkpoint_latency: Histogram,
     /// (source, class_uid) -> counter; a handful per lane.
-    events: Vec<(SourceKind, i64, Counter)>,
-    dead_letters: Vec<(Stage, ErrorCode, Counter)>,
+    events: Vec<((SourceKind, i64), Counter)>,
+    dead_letters: Vec<((Stage, ErrorCode), Counter)>,
     /// Redactions published so far, by rule.
     redactions: Vec<(String, u64, Counter)>,
     health: Arc<LaneHealth>,
@@ -530,49 +530,35 @@ impl LaneMetrics {
 
     /// The index of an event's counter (kept in the acknowledgement queue).
     pub fn event_label(&mut self, source: SourceKind, class_uid: i64) -> u16 {
-        if let Some(i) = self
-            .events
-            .iter()
-            .position(|(s, c, _)| *s == source && *c == class_uid)
-        {
-            return i as u16;
-        }
-        let c = metrics::counter!(
-            metric::EVENTS_EMITTED,
-            label::SOURCE => source.as_str(),
-            label::CLASS => class_name(class_uid)
-        );
-        self.events.push((source, class_uid, c));
-        (self.events.len() - 1) as u16
+        label_index(&mut self.events, (source, class_uid), || {
+            metrics::counter!(
+                metric::EVENTS_EMITTED,
+                label::SOURCE => source.as_str(),
+                label::CLASS => class_name(class_uid)
+            )
+        })
     }
 
     pub fn dead_letter_label(&mut self, stage: Stage, code: ErrorCode) -> u16 {
-        if let Some(i) = self
-            .dead_letters
-            .iter()
-            .position(|(s, c, _)| *s == stage && *c == code)
-        {
-            return i as u16;
-        }
-        let c = metrics::counter!(
-            metric::DEAD_LETTERS,
-            label::STAGE => stage.as_str(),
-            label::ERROR_CODE => code.as_str()
-        );
-        self.dead_letters.push((stage, code, c));
-        (self.dead_letters.len() - 1) as u16
+        label_index(&mut self.dead_letters, (stage, code), || {
+            metrics::counter!(
+                metric::DEAD_LETTERS,
+                label::STAGE => stage.as_str(),
+                label::ERROR_CODE => code.as_str()
+            )
+        })
     }
 
     #[inline]
     pub fn event_acknowledged(&self, label: u16) {
-        if let Some((_, _, c)) = self.events.get(label as usize) {
+        if let Some((_, c)) = self.events.get(label as usize) {
             c.increment(1);
         }
     }
 
     #[inline]
     pub fn dead_letter_acknowledged(&self, label: u16) {
-        if let Some((_, _, c)) = self.dead_letters.get(label as usize) {
+        if let Some((_, c)) = self.dead_letters.get(label as usize) {
             c.increment(1);
         }
     }
@@ -633,9 +619,37 @@ impl LaneMetrics {
     }
 }
 
+/// The index of `key`'s counter in `counters`, registered with `register` on first use: a
+/// lane registers each label set once, not per record.
+fn label_index<K: PartialEq>(
+    counters: &mut Vec<(K, Counter)>,
+    key: K,
+    register: impl FnOnce() -> Counter,
+) -> u16 {
+    if let Some(i) = counters.iter().position(|(k, _)| *k == key) {
+        return i as u16;
+    }
+    counters.push((key, register()));
+    (counters.len() - 1) as u16
+}
+
 // ---------------------------------------------------------------------------------------------
 // Internal events: a metric and a log line each
 // ---------------------------------------------------------------------------------------------
+
+/// A log line at a level chosen at run time. `tracing` fixes a line's level where its macro is
+/// written, so a line whose level depends on the case would otherwise be written once per level.
+macro_rules! event_at {
+    ($level:expr, $($line:tt)+) => {
+        match $level {
+            tracing::Level::ERROR => tracing::error!($($line)+),
+            tracing::Level::WARN => tracing::warn!($($line)+),
+            tracing::Level::INFO => tracing::info!($($line)+),
+            tracing::Level::DEBUG => tracing::debug!($($line)+),
+            _ => tracing::trace!($($line)+),
+        }
+    };
+}
 
 /// Where a delivery went: the `destination` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -799,34 +813,19 @@ pub fn kafka_client_log(
     message: &str,
 ) {
     use rdkafka::config::RDKafkaLogLevel as L;
-    match level {
-        L::Debug => tracing::debug!(
-            event = event::KAFKA_CLIENT_LOG,
-            client,
-            facility = fac,
-            "{message}"
-        ),
-        L::Info | L::Notice => {
-            tracing::info!(
-                event = event::KAFKA_CLIENT_LOG,
-                client,
-                facility = fac,
-                "{message}"
-            )
-        }
-        L::Warning => tracing::warn!(
-            event = event::KAFKA_CLIENT_LOG,
-            client,
-            facility = fac,
-            "{message}"
-        ),
-        _ => tracing::error!(
-            event = event::KAFKA_CLIENT_LOG,
-            client,
-            facility = fac,
-            "{message}"
-        ),
-    }
+    let level = match level {
+        L::Debug => tracing::Level::DEBUG,
+        L::Info | L::Notice => tracing::Level::INFO,
+        L::Warning => tracing::Level::WARN,
+        _ => tracing::Level::ERROR,
+    };
+    event_at!(
+        level,
+        event = event::KAFKA_CLIENT_LOG,
+        client,
+        facility = fac,
+        "{message}"
+    );
 }
 
 /// A librdkafka error; `repeated > 0`: this line came that many more times (held back).
@@ -953,31 +952,23 @@ pub fn kinesis_read_retry(
     after: &str,
     error: &str,
 ) {
-    let reason = if throttled { "throttled" } else { "error" };
-    metrics::counter!(metric::KINESIS_READ_RETRIES, label::REASON => reason).increment(1);
-    if throttled {
-        tracing::info!(
-            event = event::KINESIS_READ_RETRY,
-            lane,
-            op,
-            reason,
-            wait_seconds = wait.as_secs_f64(),
-            after,
-            error,
-            "read throttled; retrying"
-        );
+    let (reason, level, what) = if throttled {
+        ("throttled", tracing::Level::INFO, "read throttled")
     } else {
-        tracing::warn!(
-            event = event::KINESIS_READ_RETRY,
-            lane,
-            op,
-            reason,
-            wait_seconds = wait.as_secs_f64(),
-            after,
-            error,
-            "read failed; retrying"
-        );
-    }
+        ("error", tracing::Level::WARN, "read failed")
+    };
+    metrics::counter!(metric::KINESIS_READ_RETRIES, label::REASON => reason).increment(1);
+    event_at!(
+        level,
+        event = event::KINESIS_READ_RETRY,
+        lane,
+        op,
+        reason,
+        wait_seconds = wait.as_secs_f64(),
+        after,
+        error,
+        "{what}; retrying"
+    );
 }
 
 pub fn kinesis_lease_error(what: &str, error: &str) {
@@ -1323,6 +1314,141 @@ mod tests {
             text.contains("auditnorm_normalize_duration_seconds_bucket"),
             "a histogram, not a summary:\n{text}"
         );
+    }
+
+    #[test]
+    fn a_lane_registers_each_label_set_once() {
+        let recorder = builder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let health = Arc::new(Health::new(Duration::from_secs(60)));
+            let lane: Arc<str> = "topic/0".into();
+            let mut m = LaneMetrics::new(&lane, health.register(&lane), health.clock());
+            let ct = m.event_label(SourceKind::CloudTrail, 6003);
+            let k8s = m.event_label(SourceKind::K8sAudit, 6003);
+            assert_ne!(ct, k8s);
+            assert_eq!(m.event_label(SourceKind::CloudTrail, 6003), ct);
+            m.event_acknowledged(ct);
+            m.event_acknowledged(ct);
+            m.event_acknowledged(k8s);
+            let d = m.dead_letter_label(Stage::Decode, ErrorCode::InvalidJson);
+            assert_eq!(
+                m.dead_letter_label(Stage::Decode, ErrorCode::InvalidJson),
+                d
+            );
+            assert_ne!(m.dead_letter_label(Stage::Map, ErrorCode::InvalidJson), d);
+            m.dead_letter_acknowledged(d);
+        });
+        let text = handle.render();
+        for want in [
+            format!(
+                "auditnorm_events_emitted_total{{source=\"{}\",class=\"api_activity\"}} 2",
+                SourceKind::CloudTrail.as_str()
+            ),
+            format!(
+                "auditnorm_events_emitted_total{{source=\"{}\",class=\"api_activity\"}} 1",
+                SourceKind::K8sAudit.as_str()
+            ),
+            format!(
+                "auditnorm_dead_letters_total{{stage=\"{}\",error_code=\"{}\"}} 1",
+                Stage::Decode.as_str(),
+                ErrorCode::InvalidJson.as_str()
+            ),
+        ] {
+            assert!(text.contains(&want), "{want} missing from:\n{text}");
+        }
+    }
+
+    /// The JSON lines (as `init_logging` writes them) of the events `f` logs on this thread.
+    fn log_lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .json()
+            .flatten_event(true)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).expect("UTF-8");
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    /// Events whose level depends on the case: each case's level, message and fields.
+    #[test]
+    fn leveled_events_keep_their_level_message_and_fields() {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let lines = log_lines(|| {
+            for throttled in [true, false] {
+                kinesis_read_retry(
+                    "shard-1",
+                    "GetRecords",
+                    throttled,
+                    Duration::from_millis(250),
+                    "4960",
+                    "slow down",
+                );
+            }
+            for level in [
+                L::Debug,
+                L::Info,
+                L::Notice,
+                L::Warning,
+                L::Error,
+                L::Critical,
+            ] {
+                kafka_client_log("consumer", level, "FETCH", "broker said so");
+            }
+        });
+        let got: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["level"].as_str().expect("level"),
+                    l["message"].as_str().expect("message"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("INFO", "read throttled; retrying"),
+                ("WARN", "read failed; retrying"),
+                ("DEBUG", "broker said so"),
+                ("INFO", "broker said so"),
+                ("INFO", "broker said so"),
+                ("WARN", "broker said so"),
+                ("ERROR", "broker said so"),
+                ("ERROR", "broker said so"),
+            ]
+        );
+        for (l, reason) in lines[..2].iter().zip(["throttled", "error"]) {
+            assert_eq!(l["event"], event::KINESIS_READ_RETRY, "{l}");
+            assert_eq!(l["lane"], "shard-1", "{l}");
+            assert_eq!(l["op"], "GetRecords", "{l}");
+            assert_eq!(l["reason"], reason, "{l}");
+            assert_eq!(l["wait_seconds"], 0.25, "{l}");
+            assert_eq!(l["after"], "4960", "{l}");
+            assert_eq!(l["error"], "slow down", "{l}");
+        }
+        for l in &lines[2..] {
+            assert_eq!(l["event"], event::KAFKA_CLIENT_LOG, "{l}");
+            assert_eq!(l["client"], "consumer", "{l}");
+            assert_eq!(l["facility"], "FETCH", "{l}");
+        }
     }
 
     #[test]
