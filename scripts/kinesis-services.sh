@@ -19,6 +19,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/services.sh
+. scripts/lib/services.sh
 DIR=${AUDITNORM_KINESIS_DIR:-$PWD/target/kinesis-services}
 KINESIS_PKG=kinesis-local@0.6.2
 DYNALITE_PKG=dynalite@4.0.0
@@ -31,15 +33,7 @@ pidfile() { echo "$DIR/$1.pid"; }
 endpointfile() { echo "$DIR/$1.endpoint"; }
 logfile() { echo "$DIR/$1.log"; }
 
-running_pid() {
-  local f
-  f=$(pidfile "$1")
-  [ -f "$f" ] || return 1
-  local pid
-  pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+running_pid() { pid_running "$(pidfile "$1")"; }
 
 need_node() {
   if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
@@ -170,7 +164,7 @@ start() {
 
 # Both get SIGTERM at once, then each is waited for: up to 5 s, then SIGKILL.
 stop() {
-  local name pid i pids=()
+  local name pid pids=()
   for name in kinesis dynamodb; do
     if pid=$(running_pid "$name"); then
       kill -TERM "$pid" 2>/dev/null || true
@@ -178,22 +172,7 @@ stop() {
     fi
   done
   for np in "${pids[@]}"; do
-    name=${np%%:*}
-    pid=${np#*:}
-    for i in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "$name (pid $pid) ignored SIGTERM for 5 s: killing it" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    # Reap it when it is our child; otherwise wait until it is gone.
-    wait "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    await_exit "${np%%:*}" "${np#*:}"
   done
   for name in kinesis dynamodb; do
     rm -f "$(pidfile "$name")" "$(endpointfile "$name")"
