@@ -197,8 +197,8 @@ fn frame_mapped(data: &[u8], path: &Arc<str>, sink: &mut dyn UnitSink) -> u64 {
 
 /// How far past the current line the mapped bytes are asked into cache. A page-cache file is
 /// cold in every CPU cache, and a line is worked on for microseconds, long enough that the
-/// hardware prefetcher stops streaming: without this, the first touch of each line (the
-/// newline search) stalled on memory for ~14% of a replay.
+/// hardware prefetcher stops streaming ahead: the first touch of each line (the newline
+/// search) waited on memory. Asking ahead gained ~1.5% of a CloudTrail replay.
 const PREFETCH_AHEAD: usize = 16 * 1024;
 
 /// Asks for `data[from..to]` to be brought into cache (L2), one request per cache line;
