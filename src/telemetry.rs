@@ -1206,6 +1206,7 @@ mod tests {
     fn everything_emitted_is_in_the_catalogue() {
         let recorder = builder();
         let handle = recorder.handle();
+        let mut kinesis_lines = Vec::new();
         metrics::with_local_recorder(&recorder, || {
             describe();
             let health = Arc::new(Health::new(Duration::from_secs(60)));
@@ -1254,6 +1255,28 @@ mod tests {
             health.set_connected(true);
             health.publish();
             metrics::gauge!(metric::BUILD_INFO, label::VERSION => "0").set(1.0);
+            kinesis_lines = log_lines(|| {
+                kinesis_started("stream", "worker-1", "dynamodb", "polling");
+                kinesis_leases_held(2);
+                // Both reasons: each is its own series.
+                kinesis_lease_taken("shard-1", 3, "worker-2", None);
+                kinesis_lease_taken("shard-2", 4, "worker-3", Some("worker-3"));
+                kinesis_lease_lost("shard-1", "x");
+                kinesis_shard_ended("shard-2");
+                for throttled in [true, false] {
+                    kinesis_read_retry(
+                        "shard-1",
+                        "GetRecords",
+                        throttled,
+                        Duration::ZERO,
+                        "1",
+                        "x",
+                    );
+                }
+                kinesis_lease_error("renew", "x");
+                kinesis_notice("shard-1", "x");
+                lane_behind("shard-1", 1500);
+            });
         });
         let text = handle.render();
         let mut types = 0;
@@ -1304,6 +1327,40 @@ mod tests {
             }
         }
         assert!(types >= 15, "only {types} metrics rendered:\n{text}");
+        // The loop above only sees what was rendered: a Kinesis metric no call reached would
+        // pass unchecked.
+        for name in [
+            metric::KINESIS_READ_RETRIES,
+            metric::KINESIS_LEASES_HELD,
+            metric::KINESIS_LEASES_TAKEN,
+            metric::KINESIS_LEASES_LOST,
+            metric::KINESIS_SHARDS_ENDED,
+            metric::KINESIS_LEASE_ERRORS,
+            metric::LANE_BEHIND,
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} not rendered:\n{text}"
+            );
+        }
+        let logged: Vec<&str> = kinesis_lines
+            .iter()
+            .map(|l| l["event"].as_str().expect("event"))
+            .collect();
+        assert_eq!(
+            logged,
+            [
+                event::KINESIS_STARTED,
+                event::KINESIS_LEASE_TAKEN,
+                event::KINESIS_LEASE_TAKEN,
+                event::KINESIS_LEASE_LOST,
+                event::KINESIS_SHARD_ENDED,
+                event::KINESIS_READ_RETRY,
+                event::KINESIS_READ_RETRY,
+                event::KINESIS_LEASE_ERROR,
+                event::KINESIS_NOTICE,
+            ]
+        );
         assert!(
             text.contains(
                 "auditnorm_events_emitted_total{source=\"cloudtrail\",class=\"api_activity\"} 1"
