@@ -1,8 +1,9 @@
 //! Helpers shared by the Kinesis and DynamoDB tests (against kinesis-local and dynalite; start
 //! them with `scripts/kinesis-services.sh start`, which prints AUDITNORM_TEST_KINESIS and
 //! AUDITNORM_TEST_DYNAMODB): endpoints (skip locally, fail under CI=true), clients with dummy
-//! credentials, the environment a spawned `auditnorm` needs, streams, putting records (to a
-//! key or to a shard), reading a whole stream back, and resharding.
+//! credentials, the environment a spawned `auditnorm` needs, streams (deleted when the test
+//! drops them), putting records (to a key or to a shard), reading a whole stream back, and
+//! resharding.
 //!
 //! Included with `#[path = "kinesis_common.rs"] mod kinesis_common;` (or `mod kinesis_common;`
 //! from a file directly in tests/); as a test target of its own it only checks its hash-range
@@ -170,11 +171,62 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
     wait_active(client, name).await;
 }
 
-/// A stream named after `prefix` that no earlier run used, with `shards` shards, ACTIVE.
-pub async fn new_stream(client: &aws_sdk_kinesis::Client, prefix: &str, shards: i32) -> String {
+/// A stream named after `prefix` that no earlier run used, with `shards` shards, ACTIVE;
+/// deleted when the returned guard is dropped. `endpoint`: the one `client` talks to.
+pub async fn new_stream(
+    client: &aws_sdk_kinesis::Client,
+    endpoint: &str,
+    prefix: &str,
+    shards: i32,
+) -> TestStream {
     let name = unique(prefix);
     create_stream(client, &name, shards).await;
-    name
+    TestStream {
+        endpoint: endpoint.to_string(),
+        name,
+    }
+}
+
+/// A stream a test created, by name (it derefs to `str`). Dropping it deletes the stream, so
+/// that a test cannot forget to, and a failed test does not leave its shards counted against
+/// kinesis-local's limit for the tests after it.
+pub struct TestStream {
+    endpoint: String,
+    name: String,
+}
+
+impl std::ops::Deref for TestStream {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for TestStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        // A thread with a runtime and a client of its own: the drop may run on a runtime's
+        // worker (where block_on panics) or after the test's runtime is gone, and the test's
+        // client keeps its connections on that runtime.
+        let (endpoint, name) = (self.endpoint.clone(), self.name.clone());
+        let deleted = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(delete_stream(&kinesis_client(&endpoint), &name));
+        })
+        .join();
+        // The thread printed why; panicking again while the test unwinds would abort.
+        if deleted.is_err() && !std::thread::panicking() {
+            panic!("could not delete stream {}", self.name);
+        }
+    }
 }
 
 /// Deletes a stream (and its consumers); a stream that is gone already is fine. Tests delete

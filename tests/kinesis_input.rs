@@ -114,10 +114,11 @@ impl Env {
         })
     }
 
-    /// A new stream of `shards` shards, named after `prefix`; ACTIVE when this returns.
-    fn create_stream(&self, prefix: &str, shards: i32) -> String {
+    /// A new stream of `shards` shards, named after `prefix`; ACTIVE when this returns, deleted
+    /// when the guard is dropped.
+    fn create_stream(&self, prefix: &str, shards: i32) -> kc::TestStream {
         self.rt
-            .block_on(kc::new_stream(&self.client, prefix, shards))
+            .block_on(kc::new_stream(&self.client, &self.kinesis, prefix, shards))
     }
 
     /// A Kinesis stream destination on the emulator.
@@ -331,7 +332,7 @@ fn four_shards_keep_order_and_a_restart_resumes_after_the_checkpoint() {
     .unwrap();
     let dl_text = dl.to_string();
     assert!(
-        dl_text.contains(&shards[1]) && dl_text.contains(&stream),
+        dl_text.contains(&shards[1]) && dl_text.contains(&*stream),
         "the dead letter names its stream and shard: {dl_text}"
     );
     // Every lease holds its shard's last sequence number and no owner after a clean stop.

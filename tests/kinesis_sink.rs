@@ -63,7 +63,7 @@ async fn records_of_each_key_arrive_in_send_order_on_a_four_shard_stream() {
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::new_stream(&client, "sink-order", 4).await;
+    let stream = kc::new_stream(&client, &endpoint, "sink-order", 4).await;
     let mut s = settings(&endpoint, &stream);
     // A small queue bound, so that `Full` and waiting for acknowledgements happen too.
     s.max_in_flight = 1_000;
@@ -148,7 +148,7 @@ async fn a_record_over_the_size_limit_is_refused_with_the_reason() {
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::new_stream(&client, "sink-oversize", 1).await;
+    let stream = kc::new_stream(&client, &endpoint, "sink-oversize", 1).await;
     let sink = KinesisStream::connect(&settings(&endpoint, &stream))
         .await
         .expect("connect");
@@ -157,7 +157,7 @@ async fn a_record_over_the_size_limit_is_refused_with_the_reason() {
     // Data of exactly 1 MiB: with the key it is over.
     match sink.send(&key, &vec![b'x'; 1024 * 1024]) {
         Err(SendError::TooLarge(e)) => {
-            assert!(e.contains(&stream), "{e}");
+            assert!(e.contains(&*stream), "{e}");
             assert!(e.contains("1048580 bytes"), "{e}");
             assert!(e.contains("limit of 1048576 bytes per record"), "{e}");
         }
@@ -176,7 +176,6 @@ async fn a_record_over_the_size_limit_is_refused_with_the_reason() {
     sink.close(Duration::from_secs(10)).await.expect("close");
     let got = kc::read_all(&client, &stream).await;
     assert_eq!(got.values().map(Vec::len).sum::<usize>(), 1);
-    kc::delete_stream(&client, &stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +206,7 @@ async fn an_entry_rejected_by_the_stream_fails_its_later_records_of_the_same_key
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::new_stream(&client, "sink-partial", 2).await;
+    let stream = kc::new_stream(&client, &endpoint, "sink-partial", 2).await;
     let mut s = settings(&endpoint, &stream);
     s.max_record_bytes = Some(2 * 1024 * 1024);
     // Long enough for the four records to share one call.
@@ -249,10 +248,10 @@ async fn a_stream_named_by_arn_works_and_flush_waits_for_everything() {
     let Some((endpoint, client)) = setup() else {
         return;
     };
-    let stream = kc::new_stream(&client, "sink-arn", 1).await;
+    let stream = kc::new_stream(&client, &endpoint, "sink-arn", 1).await;
     let arn = client
         .describe_stream_summary()
-        .stream_name(&stream)
+        .stream_name(&*stream)
         .send()
         .await
         .expect("describe")
@@ -280,7 +279,6 @@ async fn a_stream_named_by_arn_works_and_flush_waits_for_everything() {
     let data: Vec<Vec<u8>> = got.into_values().flatten().map(|(_, d)| d).collect();
     let want: Vec<Vec<u8>> = (0..10).map(|i| format!("r{i}").into_bytes()).collect();
     assert_eq!(data, want);
-    kc::delete_stream(&client, &stream).await;
 }
 
 /// The sink against plain sequential PutRecords calls of 500 on fresh streams of the same
@@ -297,7 +295,7 @@ async fn throughput_against_plain_put_records() {
         .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes())
         .collect();
 
-    let plain = kc::new_stream(&client, "tp-plain", 4).await;
+    let plain = kc::new_stream(&client, &endpoint, "tp-plain", 4).await;
     let recs: Vec<(&str, &[u8])> = (0..n)
         .map(|i| (keys[i % keys.len()].as_str(), data[i].as_slice()))
         .collect();
@@ -306,7 +304,7 @@ async fn throughput_against_plain_put_records() {
     let plain_s = t.elapsed().as_secs_f64();
 
     for concurrent in [1, 4] {
-        let stream = kc::new_stream(&client, "tp-sink", 4).await;
+        let stream = kc::new_stream(&client, &endpoint, "tp-sink", 4).await;
         let mut s = settings(&endpoint, &stream);
         s.max_concurrent_requests = concurrent;
         let sink = KinesisStream::connect(&s).await.expect("connect");
@@ -328,7 +326,5 @@ async fn throughput_against_plain_put_records() {
                 .load(std::sync::atomic::Ordering::Relaxed)
         );
         sink.close(Duration::from_secs(10)).await.expect("close");
-        kc::delete_stream(&client, &stream).await;
     }
-    kc::delete_stream(&client, &plain).await;
 }
