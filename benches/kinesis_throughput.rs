@@ -41,7 +41,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{env_num, loadavg, now_micros, proc_hwm, proc_stat, small_templates};
+use support::{
+    env_num, loadavg, now_micros, proc_hwm, proc_stat, proc_status_kib, small_templates,
+};
 use support::{Child, Script};
 
 const SHARDS: usize = 4;
@@ -169,17 +171,11 @@ impl Emulator {
     }
 
     fn rss_mib(&self) -> f64 {
-        let rss = self.pid.as_deref().and_then(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()?
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        });
-        rss.map_or(f64::NAN, |k| k / 1024.0)
+        let rss = self
+            .pid
+            .as_deref()
+            .and_then(|pid| proc_status_kib(pid, "VmRSS:"));
+        rss.map_or(f64::NAN, |k| k as f64 / 1024.0)
     }
 }
 

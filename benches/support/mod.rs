@@ -100,10 +100,15 @@ pub fn proc_stat(pid: &str) -> Option<(f64, char)> {
 
 /// Peak RSS (VmHWM) in KiB.
 pub fn proc_hwm(pid: &str) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// A `/proc/<pid>/status` size field (`VmHWM:`, `VmRSS:`, ...) in KiB.
+pub fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
