@@ -41,16 +41,17 @@ pub struct Normalizer {
     mappings: Arc<Mappings>,
     forced: Option<SourceKind>,
     scratch: Scratch,
-    work: Vec<u8>,
     out: Vec<u8>,
-    buffers: simd_json::Buffers,
-    bufs: Bufs,
-    /// The same for carriers inside a unit (a CloudWatch or AKS record's JSON string, a
-    /// gzip payload), by depth: reused, not allocated for every nested record.
-    nested: Vec<Level>,
+    /// Parse buffers by carrier depth: the unit's own at 0, then those of carriers inside it
+    /// (a CloudWatch or AKS record's JSON string, a gzip payload), reused from one unit to the
+    /// next instead of allocated for every nested record. A unit takes its level out (None
+    /// while in use: an empty `Level` would allocate simd-json buffers; boxed, so that taking
+    /// it out moves a pointer).
+    levels: Vec<Option<Box<Level>>>,
     redaction: Redaction,
 }
 
+/// A document's copy (parsed in place), simd-json's buffers and the tape and item list.
 #[derive(Default)]
 struct Level {
     work: Vec<u8>,
@@ -89,7 +90,7 @@ struct Parts<'a> {
     scratch: &'a mut Scratch,
     out: &'a mut Vec<u8>,
     redaction: &'a mut Redaction,
-    nested: &'a mut Vec<Level>,
+    levels: &'a mut Vec<Option<Box<Level>>>,
     /// Set while normalizing one user record of a KPL aggregate.
     sub: Option<SubRecord>,
 }
@@ -160,11 +161,8 @@ impl Normalizer {
             mappings,
             forced,
             scratch: Scratch::default(),
-            work: Vec::with_capacity(4096),
             out: Vec::with_capacity(4096),
-            buffers: simd_json::Buffers::new(4096),
-            bufs: Bufs::default(),
-            nested: Vec::new(),
+            levels: Vec::new(),
             redaction: Redaction {
                 redactor: Some(Redactor::builtin()),
                 keep_raw_dead_letters: false,
@@ -247,11 +245,8 @@ impl Normalizer {
             mappings,
             forced,
             scratch,
-            work,
             out,
-            buffers,
-            bufs,
-            nested,
+            levels,
             redaction,
         } = self;
         let mut parts = Parts {
@@ -260,24 +255,13 @@ impl Normalizer {
             scratch,
             out,
             redaction,
-            nested,
+            levels,
             sub: sub.map(|index| SubRecord {
                 index,
                 elements: Vec::new(),
             }),
         };
-        fill_padded(work, bytes);
-        parts.unit(
-            bytes,
-            work,
-            buffers,
-            bufs,
-            pos,
-            None,
-            Carriers::default(),
-            0,
-            emit,
-        );
+        parts.unit(bytes, pos, None, Carriers::default(), 0, emit);
     }
 }
 
@@ -355,23 +339,32 @@ fn write_exact(out: &mut Vec<u8>, v: Src<'_, '_>) {
 }
 
 impl Parts<'_> {
-    /// The buffers for a carrier nested at `depth`, taken out of the pool for the nested
-    /// unit's duration (the caller puts them back).
-    fn level(&mut self, depth: usize) -> Level {
-        if self.nested.len() <= depth {
-            self.nested.resize_with(depth + 1, Level::default);
-        }
-        std::mem::take(&mut self.nested[depth])
-    }
-
-    /// `work`: the unit's bytes followed by `simd_json::INPUT_PADDING` bytes (`fill_padded`).
-    #[allow(clippy::too_many_arguments)]
-    fn unit<'t, 'i>(
+    /// One unit (or a carrier's payload, at `depth` > 0) through the parse buffers of its
+    /// depth, taken out of the pool for its duration.
+    fn unit(
         &mut self,
         original: &[u8],
-        work: &mut [u8],
-        buffers: &mut simd_json::Buffers,
-        bufs: &mut Bufs,
+        pos: &Position,
+        outer_hint: Option<SourceKind>,
+        outer: Carriers<'_, '_>,
+        depth: usize,
+        emit: &mut dyn Emit,
+    ) {
+        if self.levels.len() <= depth {
+            self.levels.resize_with(depth + 1, || None);
+        }
+        let mut level = self.levels[depth].take().unwrap_or_default();
+        fill_padded(&mut level.work, original);
+        self.parse_unit(original, &mut level, pos, outer_hint, outer, depth, emit);
+        self.levels[depth] = Some(level);
+    }
+
+    /// `level.work`: the unit's bytes followed by `simd_json::INPUT_PADDING` bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn parse_unit<'t, 'i>(
+        &mut self,
+        original: &[u8],
+        level: &mut Level,
         pos: &Position,
         outer_hint: Option<SourceKind>,
         outer: Carriers<'t, 'i>,
@@ -382,21 +375,7 @@ impl Parts<'_> {
             // A gzip body (CloudWatch Logs subscription payloads on Kinesis or Kafka).
             match gunzip(original) {
                 Ok(plain) => {
-                    let mut level = self.level(depth);
-                    fill_padded(&mut level.work, &plain);
-                    self.unit(
-                        &plain,
-                        &mut level.work,
-                        &mut level.buffers,
-                        &mut level.bufs,
-                        pos,
-                        outer_hint,
-                        outer,
-                        depth + 1,
-                        emit,
-                    );
-                    self.nested[depth] = level;
-                    return;
+                    return self.unit(&plain, pos, outer_hint, outer, depth + 1, emit);
                 }
                 Err(detail) => {
                     let err = RecordError::new(ErrorCode::TruncatedGzip, Stage::Decode, detail);
@@ -408,6 +387,11 @@ impl Parts<'_> {
                 }
             }
         }
+        let Level {
+            work,
+            buffers,
+            bufs,
+        } = level;
         let mut tape = match bufs.tape.take() {
             Some(t) => t.reset(),
             None => simd_json::Tape::null().reset(),
@@ -461,20 +445,14 @@ impl Parts<'_> {
                         );
                         self.dead(emit, DeadLetter::new(err, p, hint, &bytes));
                     } else {
-                        let mut level = self.level(depth);
-                        fill_padded(&mut level.work, &bytes);
                         self.unit(
                             &bytes,
-                            &mut level.work,
-                            &mut level.buffers,
-                            &mut level.bufs,
                             &p,
                             hint.or(outer_hint),
                             carriers.or(outer),
                             depth + 1,
                             emit,
                         );
-                        self.nested[depth] = level;
                     }
                 }
                 Item::Skipped { reason } => emit.skipped(pos, reason),
