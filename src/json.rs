@@ -282,6 +282,25 @@ fn is_clean(bytes: &[u8]) -> bool {
     !needs_escape_8(u64::from_le_bytes(w))
 }
 
+/// Bit i set: byte i of `v` needs an escape in JSON (quote, backslash, control character).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn escape_mask(v: std::arch::x86_64::__m128i) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of every x86-64; these intrinsics only compute on registers.
+    unsafe {
+        let (quote, bs, ctl) = (
+            _mm_set1_epi8(b'"' as i8),
+            _mm_set1_epi8(b'\\' as i8),
+            _mm_set1_epi8(0x1f),
+        );
+        _mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bs)),
+            _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
+        )) as u32
+    }
+}
+
 /// The index of the first byte JSON must escape, 16 bytes at a time (SSE2 is part of x86-64).
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -316,17 +335,7 @@ fn first_escape(bytes: &[u8]) -> Option<usize> {
     // SAFETY: SSE2 is always available on x86_64; every load reads 16 bytes inside `bytes`
     // (the last window overlaps the previous one instead of reading past the end).
     unsafe {
-        let quote = _mm_set1_epi8(b'"' as i8);
-        let bs = _mm_set1_epi8(b'\\' as i8);
-        let ctl = _mm_set1_epi8(0x1f);
-        let window = |i: usize| -> u32 {
-            let v = _mm_loadu_si128(p.add(i) as *const __m128i);
-            let m = _mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bs)),
-                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
-            );
-            _mm_movemask_epi8(m) as u32
-        };
+        let window = |i: usize| escape_mask(_mm_loadu_si128(p.add(i) as *const __m128i));
         let mut i = 0;
         while i + 16 <= n {
             let m = window(i);
@@ -444,9 +453,6 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
         *dst = b'"';
         let mut w = 1;
         let mut i = 0;
-        let quote = _mm_set1_epi8(b'"' as i8);
-        let bs = _mm_set1_epi8(b'\\' as i8);
-        let ctl = _mm_set1_epi8(0x1f);
         let escape = |c: u8, at: *mut u8| -> usize {
             let (seq, n) = escape_seq(c);
             std::ptr::copy_nonoverlapping(seq.as_ptr(), at, n);
@@ -455,10 +461,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
         while i + 16 <= n {
             let v = _mm_loadu_si128(src.add(i) as *const __m128i);
             _mm_storeu_si128(dst.add(w) as *mut __m128i, v);
-            let m = _mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bs)),
-                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
-            )) as u32;
+            let m = escape_mask(v);
             if m == 0 {
                 i += 16;
                 w += 16;
@@ -475,11 +478,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             // 16 input bytes, stored over their own (already written) start, instead of a
             // byte loop over up to 15 bytes.
             let v = _mm_loadu_si128(src.add(n - 16) as *const __m128i);
-            let m = _mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bs)),
-                _mm_cmpeq_epi8(_mm_max_epu8(v, ctl), ctl),
-            )) as u32;
-            if m == 0 {
+            if escape_mask(v) == 0 {
                 _mm_storeu_si128(dst.add(1 + n - 16) as *mut __m128i, v);
                 w = n + 1;
                 i = n;
