@@ -5,7 +5,7 @@
 //! input buffer.
 
 use crate::json::{self, Src};
-use crate::redact::{MemberVerdict, RedactionCounts, Redactor, RuleId};
+use crate::redact::{KeyMemo, KeyVerdict, MemberVerdict, RedactionCounts, Redactor, RuleId};
 use std::borrow::Cow;
 
 /// Redaction while encoding: every string of the event passes through the redactor, with the
@@ -18,12 +18,15 @@ pub struct Redact<'a> {
     pub clean: Option<&'a mut CleanCache>,
 }
 
-/// Strings the text rules found nothing in: long ones (looked up before any scan), and shorter
-/// ones the text filter fired on (looked up before the anchor search). Strings the filter
-/// rejects outright are never stored, so unique ids do not churn the set.
+/// A lane's memory of redaction work: strings the text rules found nothing in, long ones
+/// (looked up before any scan) and shorter ones the text filter fired on (looked up before
+/// the anchor search), and the verdicts of the keys of copied source subtrees. Strings the
+/// filter rejects outright are never stored, so unique ids do not churn the set.
 #[derive(Default)]
 pub struct CleanCache {
     set: rustc_hash::FxHashSet<Box<str>>,
+    /// Key verdicts, for the keys of the source subtrees an event copies.
+    keys: KeyMemo,
 }
 
 impl CleanCache {
@@ -42,6 +45,15 @@ impl CleanCache {
 }
 
 impl Redact<'_> {
+    /// Key rule and trigger check of one source key, through the lane's memo.
+    #[inline]
+    pub fn key_verdict(&mut self, key: &str) -> KeyVerdict {
+        match self.clean.as_deref_mut() {
+            Some(c) => c.keys.verdict(self.redactor, key),
+            None => self.redactor.key_verdict(key),
+        }
+    }
+
     /// The text rules on one string, through the lane's cache of known-clean strings.
     #[inline]
     pub fn text<'s>(&mut self, s: &'s str) -> Cow<'s, str> {
@@ -334,58 +346,91 @@ pub fn encode_src_redacted(
         }
         out.push(b']');
     } else {
-        // In member order (object_verdicts sorts them), so one cursor finds each.
-        let verdicts = if r
-            .redactor
-            .object_might_match(&mut v.members().map(|(k, _)| k))
-        {
+        // Object and pair rules see the whole object, so a member's verdict can depend on a
+        // key after it. Their trigger keys are checked during the one pass that writes the
+        // members; only an object that holds one gets its verdicts, and only one with a
+        // verdict is written again. The first pass counts into its own tally, so that a
+        // second pass does not count its redactions twice.
+        let start = out.len();
+        let mut tally = RedactionCounts::default();
+        let triggered = {
+            let mut first = Redact {
+                redactor: r.redactor,
+                counts: &mut tally,
+                clean: r.clean.as_deref_mut(),
+            };
+            encode_members_redacted(out, v, &mut first, &[])
+        };
+        if triggered {
             let members: Vec<(&str, Option<&str>)> =
                 v.members().map(|(k, x)| (k, x.as_str())).collect();
-            r.redactor.object_verdicts(parent, &members)
-        } else {
-            Vec::new()
-        };
-        let mut verdicts = verdicts.iter().peekable();
-        out.push(b'{');
-        let mut first = true;
-        for (i, (k, x)) in v.members().enumerate() {
-            if x.is_null() {
-                continue;
-            }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            json::write_str(out, k);
-            out.push(b':');
-            while verdicts.next_if(|v| v.0 < i).is_some() {}
-            let verdict = verdicts.next_if(|v| v.0 == i).map(|v| v.1);
-            match verdict {
-                Some(MemberVerdict::Redact(rule)) => {
-                    encode_src_blanked(out, x, rule, r);
-                    continue;
-                }
-                // A reference to a secret: no key rule, text rules only.
-                Some(MemberVerdict::Keep(_)) => {
-                    encode_src_redacted(out, x, Some(k), r);
-                    continue;
-                }
-                None => {}
-            }
-            if let Some(rule) = r.redactor.key_rule(k) {
-                if !(r.redactor.descends_into_containers(rule) && (x.is_object() || x.is_array())) {
-                    encode_src_blanked(out, x, rule, r);
-                    continue;
-                }
-            }
-            // Strings, the common member, without another call.
-            match x.as_str() {
-                Some(s) => r.write_text(out, s),
-                None => encode_src_redacted(out, x, Some(k), r),
+            let verdicts = r.redactor.object_verdicts(parent, &members);
+            if !verdicts.is_empty() {
+                out.truncate(start);
+                encode_members_redacted(out, v, r, &verdicts);
+                return;
             }
         }
-        out.push(b'}');
+        if !tally.is_empty() {
+            r.counts.merge(tally);
+        }
     }
+}
+
+/// The object case of `encode_src_redacted` with the object's verdicts (in member order;
+/// empty when none were computed). True when no verdicts were given and some key is one an
+/// object, path or pair rule looks for.
+fn encode_members_redacted(
+    out: &mut Vec<u8>,
+    v: Src<'_, '_>,
+    r: &mut Redact<'_>,
+    verdicts: &[(usize, MemberVerdict)],
+) -> bool {
+    let probe = verdicts.is_empty();
+    let mut triggered = false;
+    let mut verdicts = verdicts.iter().peekable();
+    out.push(b'{');
+    let mut first = true;
+    for (i, (k, x)) in v.members().enumerate() {
+        let kv = r.key_verdict(k);
+        triggered |= probe && kv.trigger;
+        if x.is_null() {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json::write_str(out, k);
+        out.push(b':');
+        while verdicts.next_if(|v| v.0 < i).is_some() {}
+        let verdict = verdicts.next_if(|v| v.0 == i).map(|v| v.1);
+        match verdict {
+            Some(MemberVerdict::Redact(rule)) => {
+                encode_src_blanked(out, x, rule, r);
+                continue;
+            }
+            // A reference to a secret: no key rule, text rules only.
+            Some(MemberVerdict::Keep(_)) => {
+                encode_src_redacted(out, x, Some(k), r);
+                continue;
+            }
+            None => {}
+        }
+        if let Some(rule) = kv.rule {
+            if !(r.redactor.descends_into_containers(rule) && (x.is_object() || x.is_array())) {
+                encode_src_blanked(out, x, rule, r);
+                continue;
+            }
+        }
+        // Strings, the common member, without another call.
+        match x.as_str() {
+            Some(s) => r.write_text(out, s),
+            None => encode_src_redacted(out, x, Some(k), r),
+        }
+    }
+    out.push(b'}');
+    triggered
 }
 
 /// Every leaf replaced by `rule`'s replacement (what a key rule does to the value under it);
@@ -448,5 +493,52 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"x":{"y":{"z":2},"w":"s"},"raw":{"b":[1,"x"],"c":{}}}"#
         );
+    }
+
+    fn encode_redacted_json(
+        json: &str,
+        cache: Option<&mut CleanCache>,
+    ) -> (String, RedactionCounts) {
+        let mut buf = json.as_bytes().to_vec();
+        let tape = simd_json::to_tape(&mut buf).unwrap();
+        let redactor = Redactor::builtin();
+        let mut counts = RedactionCounts::default();
+        let mut r = Redact {
+            redactor: &redactor,
+            counts: &mut counts,
+            clean: cache,
+        };
+        let mut out = Vec::new();
+        encode_src_redacted(&mut out, Src::root(&tape), None, &mut r);
+        (String::from_utf8(out).unwrap(), counts)
+    }
+
+    #[test]
+    fn a_verdict_set_off_by_a_later_key_redacts_the_member_before_it_and_counts_once() {
+        // The pair rule's name comes after the value it condemns, and a text rule fires in
+        // the same object: the object is written twice, and its counts must not be.
+        let json = r#"{"note":"curl -u admin:hunter2 https://example.com","value":"s3cr3t-v4lue","name":"DB_PASSWORD","nested":{"password":"p4ss"}}"#;
+        for cache in [None, Some(&mut CleanCache::default())] {
+            let (out, counts) = encode_redacted_json(json, cache);
+            assert!(!out.contains("s3cr3t-v4lue"), "{out}");
+            assert!(!out.contains("hunter2"), "{out}");
+            assert!(!out.contains("p4ss"), "{out}");
+            assert!(out.contains(r#""name":"DB_PASSWORD""#), "{out}");
+            // One replacement per secret: the value, the password in the command line and
+            // the nested key rule.
+            assert_eq!(counts.total(), 3, "{out} {:?}", counts);
+        }
+    }
+
+    #[test]
+    fn an_object_without_trigger_keys_is_written_once_with_its_counts() {
+        let json = r#"{"sessionToken":"FwoGZXIvYXdzEJr","ok":"plain text","list":[{"password":"a1b2c3"}]}"#;
+        let (out, counts) = encode_redacted_json(json, Some(&mut CleanCache::default()));
+        assert!(
+            !out.contains("FwoGZXIvYXdzEJr") && !out.contains("a1b2c3"),
+            "{out}"
+        );
+        assert!(out.contains(r#""ok":"plain text""#), "{out}");
+        assert_eq!(counts.total(), 2, "{out} {:?}", counts);
     }
 }

@@ -455,6 +455,113 @@ thread_local! {
     };
 }
 
+/// What the key checks say about one key: its key rule, and whether an object, path or pair
+/// rule looks for it (`object_might_match` on the key alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyVerdict {
+    pub rule: Option<RuleId>,
+    pub trigger: bool,
+}
+
+/// A lane's memo of key verdicts, direct-mapped by the key's length and end bytes. Audit
+/// events repeat a few hundred keys; a hit costs a hash of two words and an exact compare of
+/// two overlapping windows, where the filter walks every byte of the key and mispredicts the
+/// end of its loop for every key of a new length. Keys of 4 to 32 bytes only; exact, so a hit
+/// is never a guess; tied to one rule set.
+pub struct KeyMemo {
+    owner: u64,
+    slots: Box<[MemoSlot; KEY_MEMO_SLOTS]>,
+}
+
+#[derive(Clone, Copy)]
+struct MemoSlot {
+    /// 0: empty.
+    len: u8,
+    verdict: KeyVerdict,
+    /// The key's two windows (see `KeyMemo::verdict`).
+    lo: u128,
+    hi: u128,
+}
+
+const KEY_MEMO_SLOTS: usize = 1024;
+
+impl Default for KeyMemo {
+    fn default() -> Self {
+        KeyMemo {
+            owner: 0,
+            slots: Box::new(
+                [MemoSlot {
+                    len: 0,
+                    verdict: KeyVerdict {
+                        rule: None,
+                        trigger: false,
+                    },
+                    lo: 0,
+                    hi: 0,
+                }; KEY_MEMO_SLOTS],
+            ),
+        }
+    }
+}
+
+impl KeyMemo {
+    /// The verdict of `key` under `r`, from the memo when it holds the key.
+    #[inline]
+    pub fn verdict(&mut self, r: &Redactor, key: &str) -> KeyVerdict {
+        let b = key.as_bytes();
+        let n = b.len();
+        if !(4..=32).contains(&n) {
+            return r.key_verdict(key);
+        }
+        // Two windows that together cover the key: for a key of the same length, equal
+        // windows mean equal keys.
+        let (lo, hi) = if n >= 16 {
+            (
+                u128::from_le_bytes(b[..16].try_into().expect("16 bytes")),
+                u128::from_le_bytes(b[n - 16..].try_into().expect("16 bytes")),
+            )
+        } else if n >= 8 {
+            (
+                u128::from(u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))),
+                u128::from(u64::from_le_bytes(b[n - 8..].try_into().expect("8 bytes"))),
+            )
+        } else {
+            (
+                u128::from(u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))),
+                u128::from(u32::from_le_bytes(b[n - 4..].try_into().expect("4 bytes"))),
+            )
+        };
+        let h = (lo as u64 ^ (hi as u64).rotate_left(29) ^ (n as u64) << 56)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let at = (h >> 54) as usize % KEY_MEMO_SLOTS;
+        let slot = &self.slots[at];
+        if usize::from(slot.len) == n && slot.lo == lo && slot.hi == hi && self.owner == r.inner.id
+        {
+            return slot.verdict;
+        }
+        self.miss(r, key, at, (lo, hi))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn miss(&mut self, r: &Redactor, key: &str, at: usize, (lo, hi): (u128, u128)) -> KeyVerdict {
+        if self.owner != r.inner.id {
+            for s in self.slots.iter_mut() {
+                s.len = 0;
+            }
+            self.owner = r.inner.id;
+        }
+        let v = r.key_verdict(key);
+        self.slots[at] = MemoSlot {
+            len: key.len() as u8,
+            verdict: v,
+            lo,
+            hi,
+        };
+        v
+    }
+}
+
 static NEXT_RULE_SET_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 // ----------------------------------------------------------- construction
@@ -1824,6 +1931,21 @@ impl Redactor {
     /// the other.
     pub fn same_rules(&self, other: &Redactor) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Both key checks on one key (what [`KeyMemo`] remembers).
+    pub fn key_verdict(&self, key: &str) -> KeyVerdict {
+        KeyVerdict {
+            rule: self.key_rule(key),
+            trigger: self.key_might_trigger(key),
+        }
+    }
+
+    /// [`object_might_match`](Self::object_might_match) for one key.
+    #[inline]
+    pub fn key_might_trigger(&self, key: &str) -> bool {
+        let inner = &*self.inner;
+        !inner.triggers.is_empty() && inner.might_trigger(key)
     }
 
     /// Cheap pre-check for [`object_rules`](Self::object_rules): false when
@@ -5408,5 +5530,131 @@ exact = ["idtoken"]
         let avg = strings.iter().map(|s| s.len()).sum::<usize>() / strings.len();
         println!("redact_text: {text_cpu:.1} ns/string on CPU, {text_wall:.1} wall (avg {avg} bytes, no secrets, best of 5 x 2M)");
         println!("key_rule:    {key_cpu:.1} ns/key on CPU, {key_wall:.1} wall (best of 5 x 2M)");
+    }
+}
+
+#[cfg(test)]
+mod key_memo_tests {
+    use super::*;
+
+    /// Keys the memo must answer exactly as the checks do: typical audit keys, rule keys in
+    /// their spellings, keys that share a length and both ends with another, and random ones
+    /// of every length around the memo's bounds.
+    fn keys() -> Vec<String> {
+        let mut keys: Vec<String> = TYPICAL_KEYS
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        for k in [
+            "password",
+            "db_password",
+            "DB-PASSWORD",
+            "pwd",
+            "pass",
+            "passwordPolicy",
+            "allowUsersToChangePassword",
+            "sessionToken",
+            "SecretAccessKey",
+            "secretKey",
+            "x-amz-server-side-encryption-customer-key",
+            "SSECustomerKey",
+            "client_secret",
+            "value",
+            "Value",
+            "data",
+            "stringData",
+            "private_key",
+            "privateKeyData",
+            "secret",
+            "parameterValue",
+            "name",
+            "type",
+            "kind",
+            "token",
+            "api_key",
+            "authorization",
+        ] {
+            keys.push(k.to_string());
+        }
+        // Same length, same first and last 8 bytes, different middle: only possible past 16
+        // bytes, where the windows overlap less.
+        for mid in ["aaaa", "abaa", "aaba", "zzzz", "pass", "word"] {
+            keys.push(format!("prefixAB{mid}suffixCD"));
+            keys.push(format!("prefixABCDEFGH{mid}ijklmnopQRSTUV"));
+        }
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. ";
+        for _ in 0..4000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40) as usize;
+            let key: String = (0..len)
+                .map(|i| {
+                    let v = x.rotate_left(i as u32 * 5) as usize;
+                    alphabet[v % alphabet.len()] as char
+                })
+                .collect();
+            keys.push(key);
+        }
+        keys
+    }
+
+    #[test]
+    fn memo_answers_every_key_as_the_checks_do_first_time_and_from_memory() {
+        let r = Redactor::builtin();
+        let mut memo = KeyMemo::default();
+        let keys = keys();
+        for round in 0..3 {
+            for k in &keys {
+                assert_eq!(
+                    memo.verdict(&r, k),
+                    r.key_verdict(k),
+                    "key {k:?}, round {round}"
+                );
+            }
+        }
+        // The rule keys really are hits, so agreement is not agreement on "nothing".
+        assert!(memo.verdict(&r, "db_password").rule.is_some());
+        assert!(memo.verdict(&r, "value").trigger);
+    }
+
+    #[test]
+    fn keys_alike_in_length_and_first_window_keep_their_own_verdicts() {
+        let r = Redactor::builtin();
+        // One pair per window width (4, 8 and 16 bytes): same length, same first window,
+        // one a rule's key or trigger and the other not, asked right after each other.
+        for (hit, miss) in [
+            ("value", "valux"),
+            ("abcdefghpasswd", "abcdefghqqqqqq"),
+            ("abcdefghijklmnoppassword", "abcdefghijklmnopqqqqqqqq"),
+        ] {
+            let mut memo = KeyMemo::default();
+            let want_hit = r.key_verdict(hit);
+            let want_miss = r.key_verdict(miss);
+            assert_ne!(want_hit, want_miss, "{hit} / {miss}");
+            for _ in 0..2 {
+                assert_eq!(memo.verdict(&r, hit), want_hit, "{hit}");
+                assert_eq!(memo.verdict(&r, miss), want_miss, "{miss}");
+            }
+        }
+    }
+
+    #[test]
+    fn memo_forgets_verdicts_of_another_rule_set() {
+        let with = Redactor::builtin();
+        let rules = r#"
+[[rule]]
+name = "creation_date"
+kind = "key"
+exact = ["creationdate"]
+"#;
+        let other = Redactor::from_sources(false, &[("extra.toml".into(), rules.into())], None)
+            .expect("rules compile");
+        let mut memo = KeyMemo::default();
+        assert_eq!(memo.verdict(&with, "creationDate").rule, None);
+        assert!(memo.verdict(&other, "creationDate").rule.is_some());
+        assert!(memo.verdict(&with, "sessionToken").rule.is_some());
+        assert_eq!(memo.verdict(&other, "sessionToken").rule, None);
     }
 }

@@ -12,7 +12,7 @@ use crate::event::{encode_src, encode_src_blanked, encode_src_redacted, Out, Red
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
 use crate::ocsf::{self, OCSF_VERSION};
-use crate::redact::MemberVerdict;
+use crate::redact::{KeyVerdict, MemberVerdict, RedactionCounts};
 use std::borrow::Cow;
 
 /// Plan id and decision key values (as bytes, so a lookup borrows the key buffer instead of
@@ -579,6 +579,12 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
     }
 
     /// The members part of `write_leftover` for an object, comma-separated, no braces.
+    ///
+    /// Object and pair rules look at the whole object, used members included, and a verdict
+    /// can concern a member before the key that sets it off. The one pass that writes the
+    /// members also checks every key for such a trigger; only an object that holds one gets
+    /// its verdicts, and only one with a verdict is written again. The first pass counts
+    /// into its own tally, so that a second pass does not count its redactions twice.
     #[allow(clippy::too_many_arguments)]
     fn write_leftover_members(
         &self,
@@ -590,6 +596,52 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         out: &mut Vec<u8>,
         red: &mut Option<Redact<'_>>,
     ) -> bool {
+        let Some(r) = red.as_mut() else {
+            return self
+                .leftover_members_pass(src, node, trie, skip, out, red, None)
+                .0;
+        };
+        let start = out.len();
+        let mut tally = RedactionCounts::default();
+        let (any, triggered) = {
+            let mut first = Some(Redact {
+                redactor: r.redactor,
+                counts: &mut tally,
+                clean: r.clean.as_deref_mut(),
+            });
+            self.leftover_members_pass(src, node, trie, skip, out, &mut first, None)
+        };
+        if triggered {
+            let members: Vec<(&str, Option<&str>)> =
+                src.members().map(|(k, x)| (k, x.as_str())).collect();
+            let hits = r.redactor.object_verdicts(key, &members);
+            if !hits.is_empty() {
+                out.truncate(start);
+                return self
+                    .leftover_members_pass(src, node, trie, skip, out, red, Some(&hits))
+                    .0;
+            }
+        }
+        if !tally.is_empty() {
+            r.counts.merge(tally);
+        }
+        any
+    }
+
+    /// One pass of `write_leftover_members`, with the object's verdicts when they were
+    /// computed. Returns (anything written, some key is an object or pair rule's trigger);
+    /// triggers are only looked for when redacting without verdicts.
+    #[allow(clippy::too_many_arguments)]
+    fn leftover_members_pass(
+        &self,
+        src: Src<'t, 'i>,
+        node: Option<u32>,
+        trie: &Trie,
+        skip: &[&str],
+        out: &mut Vec<u8>,
+        red: &mut Option<Redact<'_>>,
+        hits: Option<&[(usize, MemberVerdict)]>,
+    ) -> (bool, bool) {
         let mut any = false;
         // The record's top level: trie children were found by the lookups already.
         let known: Option<&[u32]> = match (&self.root_children, node) {
@@ -597,18 +649,29 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             _ => None,
         };
         let verdicts = red.as_ref().and_then(|r| trie.key_verdicts(r.redactor));
-        // Object and pair rules look at the whole object, used members included.
-        // In member order (object_verdicts sorts them), so one cursor finds each.
-        let hits = match red {
-            Some(r) if object_might_match(r.redactor, src, known, verdicts) => {
-                let members: Vec<(&str, Option<&str>)> =
-                    src.members().map(|(k, x)| (k, x.as_str())).collect();
-                r.redactor.object_verdicts(key, &members)
-            }
-            _ => Vec::new(),
+        let probe = red.is_some() && hits.is_none();
+        let known_may_trigger = match (node, verdicts) {
+            (Some(n), Some(v)) => v[n as usize].children_trigger,
+            _ => true,
         };
-        let mut hits = hits.iter().peekable();
+        let mut triggered = false;
+        let mut hits = hits.unwrap_or_default().iter().peekable();
         for (i, (k, v)) in src.members().enumerate() {
+            let child = match known {
+                Some(r) => (r[i] != u32::MAX).then_some(r[i]),
+                None => node.and_then(|n| trie.child(n, k)),
+            };
+            // This member's key checks: from the trie when it knows the key, else through
+            // the lane's memo.
+            let kv = match (red.as_mut(), child, verdicts) {
+                (None, _, _) => None,
+                (Some(_), Some(c), Some(v)) => Some(KeyVerdict {
+                    rule: v[c as usize].key.rule,
+                    trigger: known_may_trigger && v[c as usize].key.trigger,
+                }),
+                (Some(r), _, _) => Some(r.key_verdict(k)),
+            };
+            triggered |= probe && kv.is_some_and(|kv| kv.trigger);
             if v.is_null() {
                 continue;
             }
@@ -620,10 +683,6 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     rest
                 }
                 _ => &[],
-            };
-            let child = match known {
-                Some(r) => (r[i] != u32::MAX).then_some(r[i]),
-                None => node.and_then(|n| trie.child(n, k)),
             };
             if child.is_some_and(|c| self.used[c as usize]) {
                 continue;
@@ -646,11 +705,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 };
                 // A kept member (a reference to a secret) gets no key rule: text rules only.
                 let rule = by_object.or_else(|| {
-                    let by_key = match (child, verdicts) {
-                        (Some(c), Some(v)) => v[c as usize].rule,
-                        _ => r.redactor.key_rule(k),
-                    };
-                    by_key.filter(|&rule| {
+                    kv.and_then(|kv| kv.rule).filter(|&rule| {
                         !(r.redactor.descends_into_containers(rule)
                             && (v.is_object() || v.is_array()))
                     })
@@ -667,7 +722,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 out.truncate(mark);
             }
         }
-        any
+        (any, triggered)
     }
 
     /// Appends `,"unmapped":{...}` before the closing brace of an encoded event, when any
@@ -719,27 +774,6 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
             out.truncate(mark);
         }
         out.push(b'}');
-    }
-}
-
-/// `Redactor::object_might_match` on `src`'s keys, taking the verdict of each key the trie
-/// knows (the record's top level, where the lookups found every member's trie node) from the
-/// plan instead of testing the key again.
-fn object_might_match(
-    r: &crate::redact::Redactor,
-    src: Src<'_, '_>,
-    known: Option<&[u32]>,
-    verdicts: Option<&[super::plan::KeyVerdict]>,
-) -> bool {
-    match (known, verdicts) {
-        (Some(known), Some(v)) => src.members().zip(known).any(|((k, _), &c)| {
-            if c == u32::MAX {
-                r.object_might_match(&mut std::iter::once(k))
-            } else {
-                v[c as usize].trigger
-            }
-        }),
-        _ => r.object_might_match(&mut src.members().map(|(k, _)| k)),
     }
 }
 

@@ -52,15 +52,16 @@ pub struct Trie {
 #[derive(Debug)]
 pub struct KeyVerdicts {
     redactor: crate::redact::Redactor,
-    pub nodes: Vec<KeyVerdict>,
+    pub nodes: Vec<NodeVerdict>,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct KeyVerdict {
-    /// `object_might_match` on this key alone.
-    pub trigger: bool,
-    /// `key_rule` on this key.
-    pub rule: Option<crate::redact::RuleId>,
+pub struct NodeVerdict {
+    /// The key checks on this node's key.
+    pub key: crate::redact::KeyVerdict,
+    /// Some child's key is a trigger: members of this node's object with a trie node of
+    /// their own need no trigger check when it is false.
+    pub children_trigger: bool,
 }
 
 pub const RECORD_ROOT: u32 = 0;
@@ -93,15 +94,15 @@ impl Trie {
 
     /// The key verdicts of `r`, when it is the redactor they were computed for.
     #[inline]
-    pub fn key_verdicts(&self, r: &crate::redact::Redactor) -> Option<&[KeyVerdict]> {
+    pub fn key_verdicts(&self, r: &crate::redact::Redactor) -> Option<&[NodeVerdict]> {
         let v = self.key_verdicts.get_or_init(|| KeyVerdicts {
             redactor: r.clone(),
             nodes: self
                 .nodes
                 .iter()
-                .map(|n| KeyVerdict {
-                    trigger: r.object_might_match(&mut std::iter::once(n.key)),
-                    rule: r.key_rule(n.key),
+                .map(|n| NodeVerdict {
+                    key: r.key_verdict(n.key),
+                    children_trigger: n.children.iter().any(|&(k, _)| r.key_might_trigger(k)),
                 })
                 .collect(),
         });
