@@ -12,7 +12,7 @@ use crate::event::{encode_src, encode_src_blanked, encode_src_redacted, Out, Red
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
 use crate::ocsf::{self, OCSF_VERSION};
-use crate::redact::{KeyVerdict, MemberVerdict, RedactionCounts};
+use crate::redact::{MemberVerdict, RedactionCounts};
 use std::borrow::Cow;
 
 /// Plan id and decision key values (as bytes, so a lookup borrows the key buffer instead of
@@ -661,17 +661,24 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 Some(r) => (r[i] != u32::MAX).then_some(r[i]),
                 None => node.and_then(|n| trie.child(n, k)),
             };
-            // This member's key checks: from the trie when it knows the key, else through
-            // the lane's memo.
-            let kv = match (red.as_mut(), child, verdicts) {
-                (None, _, _) => None,
-                (Some(_), Some(c), Some(v)) => Some(KeyVerdict {
-                    rule: v[c as usize].key.rule,
-                    trigger: known_may_trigger && v[c as usize].key.trigger,
+            // This member's key checks: from the trie when it knows the key (a used member
+            // needs only its trigger bit, and none when no child key of this node is a
+            // trigger), else through the lane's memo.
+            let kv = match (child, verdicts) {
+                (Some(c), Some(vs)) => {
+                    let nv = vs[c as usize];
+                    triggered |= probe & known_may_trigger & nv.key.trigger;
+                    if self.used[c as usize] {
+                        continue;
+                    }
+                    Some(nv.key)
+                }
+                _ => red.as_mut().map(|r| {
+                    let kv = r.key_verdict(k);
+                    triggered |= probe & kv.trigger;
+                    kv
                 }),
-                (Some(r), _, _) => Some(r.key_verdict(k)),
             };
-            triggered |= probe && kv.is_some_and(|kv| kv.trigger);
             if v.is_null() {
                 continue;
             }
