@@ -71,7 +71,7 @@ impl Redact<'_> {
 
     /// Writes `s` as a JSON string, redacted by the text rules.
     #[inline]
-    fn write_text(&mut self, out: &mut Vec<u8>, s: &str) {
+    pub fn write_text(&mut self, out: &mut Vec<u8>, s: &str) {
         match self.text(s) {
             Cow::Borrowed(s) => json::write_str(out, s),
             Cow::Owned(s) => json::write_str(out, &s),

@@ -723,6 +723,18 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     continue;
                 }
             }
+            // A string no rule tracks, the common leftover, written here rather than
+            // through `write_leftover` and `encode_whole`.
+            if let (Some(s), true) = (v.as_str(), sub_skip.is_empty()) {
+                if child.is_none_or(|c| trie.is_leaf(c)) {
+                    match red.as_mut() {
+                        Some(r) => r.write_text(out, s),
+                        None => crate::json::write_str(out, s),
+                    }
+                    any = true;
+                    continue;
+                }
+            }
             if self.write_leftover(v, Some(k), child, trie, sub_skip, out, red) {
                 any = true;
             } else {
