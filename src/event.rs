@@ -45,6 +45,25 @@ impl CleanCache {
 }
 
 impl Redact<'_> {
+    /// The same redaction, counting into `tally` instead: for a first pass over an object
+    /// that may have to be written again once its object verdicts are known.
+    #[inline]
+    pub fn counting_into<'b>(&'b mut self, tally: &'b mut RedactionCounts) -> Redact<'b> {
+        Redact {
+            redactor: self.redactor,
+            counts: tally,
+            clean: self.clean.as_deref_mut(),
+        }
+    }
+
+    /// Adds the counts of a first pass that was kept.
+    #[inline]
+    pub fn keep_tally(&mut self, tally: RedactionCounts) {
+        if !tally.is_empty() {
+            self.counts.merge(tally);
+        }
+    }
+
     /// Key rule and trigger check of one source key, through the lane's memo.
     #[inline]
     pub fn key_verdict(&mut self, key: &str) -> KeyVerdict {
@@ -353,14 +372,7 @@ pub fn encode_src_redacted(
         // second pass does not count its redactions twice.
         let start = out.len();
         let mut tally = RedactionCounts::default();
-        let triggered = {
-            let mut first = Redact {
-                redactor: r.redactor,
-                counts: &mut tally,
-                clean: r.clean.as_deref_mut(),
-            };
-            encode_members_redacted(out, v, &mut first, &[])
-        };
+        let triggered = encode_members_redacted(out, v, &mut r.counting_into(&mut tally), &[]);
         if triggered {
             let members: Vec<(&str, Option<&str>)> =
                 v.members().map(|(k, x)| (k, x.as_str())).collect();
@@ -371,9 +383,7 @@ pub fn encode_src_redacted(
                 return;
             }
         }
-        if !tally.is_empty() {
-            r.counts.merge(tally);
-        }
+        r.keep_tally(tally);
     }
 }
 

@@ -603,14 +603,9 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         };
         let start = out.len();
         let mut tally = RedactionCounts::default();
-        let (any, triggered) = {
-            let mut first = Some(Redact {
-                redactor: r.redactor,
-                counts: &mut tally,
-                clean: r.clean.as_deref_mut(),
-            });
-            self.leftover_members_pass(src, node, trie, skip, out, &mut first, None)
-        };
+        let mut first = Some(r.counting_into(&mut tally));
+        let (any, triggered) =
+            self.leftover_members_pass(src, node, trie, skip, out, &mut first, None);
         if triggered {
             let members: Vec<(&str, Option<&str>)> =
                 src.members().map(|(k, x)| (k, x.as_str())).collect();
@@ -622,9 +617,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                     .0;
             }
         }
-        if !tally.is_empty() {
-            r.counts.merge(tally);
-        }
+        r.keep_tally(tally);
         any
     }
 
