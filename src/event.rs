@@ -374,9 +374,7 @@ pub fn encode_src_redacted(
         let mut tally = RedactionCounts::default();
         let triggered = encode_members_redacted(out, v, &mut r.counting_into(&mut tally), &[]);
         if triggered {
-            let members: Vec<(&str, Option<&str>)> =
-                v.members().map(|(k, x)| (k, x.as_str())).collect();
-            let verdicts = r.redactor.object_verdicts(parent, &members);
+            let verdicts = object_verdicts(r.redactor, parent, v);
             if !verdicts.is_empty() {
                 out.truncate(start);
                 encode_members_redacted(out, v, r, &verdicts);
@@ -384,6 +382,28 @@ pub fn encode_src_redacted(
             }
         }
         r.keep_tally(tally);
+    }
+}
+
+/// `Redactor::object_verdicts` on the members of the source object `v`, listed on the stack
+/// when they are few: the objects that set off object and pair rules are mostly small, and
+/// most get no verdict, so a heap list per object cost more than the rules.
+pub fn object_verdicts(
+    redactor: &Redactor,
+    parent: Option<&str>,
+    v: Src<'_, '_>,
+) -> Vec<(usize, MemberVerdict)> {
+    const FEW: usize = 16;
+    if v.len() <= FEW {
+        let mut members = [("", None); FEW];
+        for (slot, (k, x)) in members.iter_mut().zip(v.members()) {
+            *slot = (k, x.as_str());
+        }
+        redactor.object_verdicts(parent, &members[..v.len()])
+    } else {
+        let members: Vec<(&str, Option<&str>)> =
+            v.members().map(|(k, x)| (k, x.as_str())).collect();
+        redactor.object_verdicts(parent, &members)
     }
 }
 
@@ -538,6 +558,21 @@ mod tests {
             // the nested key rule.
             assert_eq!(counts.total(), 3, "{out} {:?}", counts);
         }
+    }
+
+    #[test]
+    fn object_rules_see_every_member_of_a_large_object() {
+        // Past the members listed on the stack: the pair's name is the 20th member.
+        let mut members: Vec<String> = (0..18).map(|i| format!(r#""m{i}":"v{i}""#)).collect();
+        members.push(r#""value":"s3cr3t-v4lue""#.into());
+        members.push(r#""name":"DB_PASSWORD""#.into());
+        let (out, counts) = encode_redacted_json(
+            &format!("{{{}}}", members.join(",")),
+            Some(&mut CleanCache::default()),
+        );
+        assert!(!out.contains("s3cr3t-v4lue"), "{out}");
+        assert!(out.contains(r#""m17":"v17""#), "{out}");
+        assert_eq!(counts.total(), 1, "{out} {:?}", counts);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use super::plan::{
 use super::skeleton::{Skeleton, Slots, NEVER};
 use crate::envelope::{Carriers, Wrap};
 use crate::error::{ErrorCode, RecordError, Stage};
-use crate::event::{encode_src, encode_src_blanked, encode_src_redacted, Out, Redact};
+use crate::event::{
+    encode_src, encode_src_blanked, encode_src_redacted, object_verdicts, Out, Redact,
+};
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
 use crate::ocsf::{self, OCSF_VERSION};
@@ -607,9 +609,7 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
         let (any, triggered) =
             self.leftover_members_pass(src, node, trie, skip, out, &mut first, None);
         if triggered {
-            let members: Vec<(&str, Option<&str>)> =
-                src.members().map(|(k, x)| (k, x.as_str())).collect();
-            let hits = r.redactor.object_verdicts(key, &members);
+            let hits = object_verdicts(r.redactor, key, src);
             if !hits.is_empty() {
                 out.truncate(start);
                 return self
