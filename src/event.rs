@@ -48,7 +48,7 @@ impl Redact<'_> {
     /// The same redaction, counting into `tally` instead: for a first pass over an object
     /// that may have to be written again once its object verdicts are known.
     #[inline]
-    pub fn counting_into<'b>(&'b mut self, tally: &'b mut RedactionCounts) -> Redact<'b> {
+    fn counting_into<'b>(&'b mut self, tally: &'b mut RedactionCounts) -> Redact<'b> {
         Redact {
             redactor: self.redactor,
             counts: tally,
@@ -56,11 +56,13 @@ impl Redact<'_> {
         }
     }
 
-    /// Adds the counts of a first pass that was kept.
+    /// This redaction for a shorter while (a callee that wants its own `Redact`).
     #[inline]
-    pub fn keep_tally(&mut self, tally: RedactionCounts) {
-        if !tally.is_empty() {
-            self.counts.merge(tally);
+    pub fn reborrow(&mut self) -> Redact<'_> {
+        Redact {
+            redactor: self.redactor,
+            counts: &mut *self.counts,
+            clean: self.clean.as_deref_mut(),
         }
     }
 
@@ -365,30 +367,50 @@ pub fn encode_src_redacted(
         }
         out.push(b']');
     } else {
-        // Object and pair rules see the whole object, so a member's verdict can depend on a
-        // key after it. Their trigger keys are checked during the one pass that writes the
-        // members; only an object that holds one gets its verdicts, and only one with a
-        // verdict is written again. The first pass counts into its own tally, so that a
-        // second pass does not count its redactions twice.
-        let start = out.len();
-        let mut tally = RedactionCounts::default();
-        let triggered = encode_members_redacted(out, v, &mut r.counting_into(&mut tally), &[]);
-        if triggered {
-            let verdicts = object_verdicts(r.redactor, parent, v);
-            if !verdicts.is_empty() {
-                out.truncate(start);
-                encode_members_redacted(out, v, r, &verdicts);
-                return;
-            }
-        }
-        r.keep_tally(tally);
+        write_object_redacted(out, r, parent, v, |out, r, verdicts| {
+            (
+                (),
+                encode_members_redacted(out, v, r, verdicts.unwrap_or_default()),
+            )
+        });
     }
+}
+
+/// Writes the source object `v` through `pass`, which writes its members with the object's
+/// verdicts when given them and says whether it saw a key that an object, path or pair rule
+/// looks for.
+///
+/// Those rules see the whole object, so a member's verdict can depend on a key after it. The
+/// first pass, without verdicts, notes the trigger keys; only an object that holds one gets
+/// its verdicts, and only one with a verdict is written again. The first pass counts into
+/// its own tally, kept only when it stands, so that nothing is counted twice.
+pub fn write_object_redacted<T>(
+    out: &mut Vec<u8>,
+    r: &mut Redact<'_>,
+    parent: Option<&str>,
+    v: Src<'_, '_>,
+    mut pass: impl FnMut(&mut Vec<u8>, &mut Redact<'_>, Option<&[(usize, MemberVerdict)]>) -> (T, bool),
+) -> T {
+    let start = out.len();
+    let mut tally = RedactionCounts::default();
+    let (written, triggered) = pass(out, &mut r.counting_into(&mut tally), None);
+    if triggered {
+        let verdicts = object_verdicts(r.redactor, parent, v);
+        if !verdicts.is_empty() {
+            out.truncate(start);
+            return pass(out, r, Some(&verdicts)).0;
+        }
+    }
+    if !tally.is_empty() {
+        r.counts.merge(tally);
+    }
+    written
 }
 
 /// `Redactor::object_verdicts` on the members of the source object `v`, listed on the stack
 /// when they are few: the objects that set off object and pair rules are mostly small, and
 /// most get no verdict, so a heap list per object cost more than the rules.
-pub fn object_verdicts(
+fn object_verdicts(
     redactor: &Redactor,
     parent: Option<&str>,
     v: Src<'_, '_>,

@@ -9,12 +9,12 @@ use super::skeleton::{Skeleton, Slots, NEVER};
 use crate::envelope::{Carriers, Wrap};
 use crate::error::{ErrorCode, RecordError, Stage};
 use crate::event::{
-    encode_src, encode_src_blanked, encode_src_redacted, object_verdicts, Out, Redact,
+    encode_src, encode_src_blanked, encode_src_redacted, write_object_redacted, Out, Redact,
 };
 use crate::json::Src;
 use crate::ocsf::schema::LeafKind;
 use crate::ocsf::{self, OCSF_VERSION};
-use crate::redact::{MemberVerdict, RedactionCounts};
+use crate::redact::MemberVerdict;
 use std::borrow::Cow;
 
 /// Plan id and decision key values (as bytes, so a lookup borrows the key buffer instead of
@@ -581,12 +581,8 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
     }
 
     /// The members part of `write_leftover` for an object, comma-separated, no braces.
-    ///
-    /// Object and pair rules look at the whole object, used members included, and a verdict
-    /// can concern a member before the key that sets it off. The one pass that writes the
-    /// members also checks every key for such a trigger; only an object that holds one gets
-    /// its verdicts, and only one with a verdict is written again. The first pass counts
-    /// into its own tally, so that a second pass does not count its redactions twice.
+    /// Object and pair rules look at the whole object, used members included: see
+    /// `write_object_redacted`.
     #[allow(clippy::too_many_arguments)]
     fn write_leftover_members(
         &self,
@@ -603,22 +599,10 @@ impl<'t, 'i> Run<'_, 't, 'i, '_> {
                 .leftover_members_pass(src, node, trie, skip, out, red, None)
                 .0;
         };
-        let start = out.len();
-        let mut tally = RedactionCounts::default();
-        let mut first = Some(r.counting_into(&mut tally));
-        let (any, triggered) =
-            self.leftover_members_pass(src, node, trie, skip, out, &mut first, None);
-        if triggered {
-            let hits = object_verdicts(r.redactor, key, src);
-            if !hits.is_empty() {
-                out.truncate(start);
-                return self
-                    .leftover_members_pass(src, node, trie, skip, out, red, Some(&hits))
-                    .0;
-            }
-        }
-        r.keep_tally(tally);
-        any
+        write_object_redacted(out, r, key, src, |out, r, hits| {
+            let mut red = Some(r.reborrow());
+            self.leftover_members_pass(src, node, trie, skip, out, &mut red, hits)
+        })
     }
 
     /// One pass of `write_leftover_members`, with the object's verdicts when they were

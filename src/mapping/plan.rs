@@ -95,16 +95,20 @@ impl Trie {
     /// The key verdicts of `r`, when it is the redactor they were computed for.
     #[inline]
     pub fn key_verdicts(&self, r: &crate::redact::Redactor) -> Option<&[NodeVerdict]> {
-        let v = self.key_verdicts.get_or_init(|| KeyVerdicts {
-            redactor: r.clone(),
-            nodes: self
-                .nodes
-                .iter()
-                .map(|n| NodeVerdict {
-                    key: r.key_verdict(n.key),
-                    children_trigger: n.children.iter().any(|&(k, _)| r.key_might_trigger(k)),
-                })
-                .collect(),
+        let v = self.key_verdicts.get_or_init(|| {
+            let keys: Vec<_> = self.nodes.iter().map(|n| r.key_verdict(n.key)).collect();
+            KeyVerdicts {
+                redactor: r.clone(),
+                nodes: self
+                    .nodes
+                    .iter()
+                    .zip(&keys)
+                    .map(|(n, &key)| NodeVerdict {
+                        key,
+                        children_trigger: n.children.iter().any(|&(_, c)| keys[c as usize].trigger),
+                    })
+                    .collect(),
+            }
         });
         v.redactor.same_rules(r).then_some(v.nodes.as_slice())
     }
